@@ -1,0 +1,190 @@
+/*
+ * matmul.cu: the host side of marlin_matmul: argument checks, the table of
+ * kernel variants, the choice of variant and grid for a shape, the workspace
+ * layout, and the launches (one per 64-row chunk of A).
+ */
+#include "marlin.h"
+#include "marlin_kernel.cuh"
+
+namespace {
+
+using marlin::Int4Symmetric;
+using marlin::KernelArgs;
+using marlin::TileConfig;
+
+constexpr int kMaxChunkRows = 64; /* rows of A one launch covers (M_BLOCKS <= 4) */
+constexpr size_t kCounterRegionAlign = 256;
+
+using KernelFn = void (*)(const KernelArgs);
+
+/* One instantiated kernel and the facts the host needs about it. */
+struct KernelVariant {
+    int m_blocks, n_tiles, k_tiles, stages;
+    int smem_bytes;
+    int slot_floats;
+    KernelFn kernel;
+};
+
+template <int M_BLOCKS, int N_TILES, int K_TILES, int STAGES>
+KernelVariant make_variant() {
+    using Cfg = TileConfig<M_BLOCKS, N_TILES, K_TILES, STAGES>;
+    return {M_BLOCKS, N_TILES, K_TILES, STAGES, Cfg::kSmemBytes, Cfg::kSlotFloats,
+            marlin::marlin_gemm_kernel<Int4Symmetric, M_BLOCKS, N_TILES, K_TILES, STAGES>};
+}
+
+/* Every variant the library ships, grouped by rows (16 * m_blocks). Wide tiles
+ * (128-256 columns) for matrices with many columns; 64-column tiles for
+ * narrow matrices and n not a multiple of the wide tile. */
+const KernelVariant kVariants[] = {
+    make_variant<1, 2, 8, 4>(), make_variant<1, 1, 8, 4>(),
+    make_variant<2, 2, 8, 4>(), make_variant<2, 1, 8, 4>(),
+    make_variant<3, 4, 4, 4>(), make_variant<3, 2, 4, 4>(), make_variant<3, 1, 8, 3>(),
+    make_variant<4, 4, 4, 4>(), make_variant<4, 2, 4, 4>(), make_variant<4, 1, 8, 3>(),
+};
+
+struct DeviceInfo {
+    int sm_count;
+    int smem_per_block_optin; /* bytes a block may have after cudaFuncSetAttribute */
+};
+
+struct LaunchPlan {
+    const KernelVariant* variant;
+    int grid;
+    int iters_per_block;
+    int slices;
+};
+
+marlin_status query_device(DeviceInfo* info) {
+    int device = 0, count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
+        cudaGetLastError(); /* clear the sticky "no device" error */
+        return MARLIN_STATUS_NO_DEVICE;
+    }
+    int major = 0;
+    if (cudaGetDevice(&device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&info->sm_count, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&info->smem_per_block_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin,
+                               device) != cudaSuccess)
+        return MARLIN_STATUS_CUDA_ERROR;
+    if (major < 8) return MARLIN_STATUS_UNSUPPORTED_ARCH;
+    return MARLIN_STATUS_SUCCESS;
+}
+
+/* Picks the variant and the striped grid for `rows` (1..64) rows of A. */
+marlin_status plan_launch(int rows, int n, int k, const DeviceInfo& device, LaunchPlan* plan) {
+    const int m_blocks = (rows + 15) / 16;
+    const KernelVariant* best = nullptr;
+    for (const KernelVariant& v : kVariants) {
+        if (v.m_blocks != m_blocks || v.smem_bytes > device.smem_per_block_optin) continue;
+        int block_n = 64 * v.n_tiles;
+        /* Prefer tiles that divide n (no idle warps), then the widest. */
+        if (!best) {
+            best = &v;
+            continue;
+        }
+        bool v_divides = n % block_n == 0, best_divides = n % (64 * best->n_tiles) == 0;
+        if (v_divides != best_divides) {
+            if (v_divides) best = &v;
+        } else if (v.n_tiles > best->n_tiles) {
+            best = &v;
+        }
+    }
+    if (!best) return MARLIN_STATUS_UNSUPPORTED_ARCH; /* too little shared memory for any variant */
+    const int block_n = 64 * best->n_tiles, block_k = 16 * best->k_tiles;
+    const int slices = (n + block_n - 1) / block_n;
+    const int k_iters = (k + block_k - 1) / block_k;
+    const int total = slices * k_iters;
+    const int iters_per_block = (total + device.sm_count - 1) / device.sm_count;
+    plan->variant = best;
+    plan->iters_per_block = iters_per_block;
+    plan->grid = (total + iters_per_block - 1) / iters_per_block;
+    plan->slices = slices;
+    return MARLIN_STATUS_SUCCESS;
+}
+
+size_t counter_region_bytes(int n) {
+    size_t bytes = sizeof(int) * (size_t)(n / 64); /* at most one slice per 64 columns */
+    return (bytes + kCounterRegionAlign - 1) / kCounterRegionAlign * kCounterRegionAlign;
+}
+
+/* Workspace for all chunks of an m x n x k call: counters, then 2 slots per block. */
+marlin_status required_workspace(int m, int n, int k, const DeviceInfo& device, size_t* bytes) {
+    size_t partial_bytes = 0;
+    int chunk_sizes[2] = {m < kMaxChunkRows ? m : kMaxChunkRows, m % kMaxChunkRows};
+    for (int rows : chunk_sizes) {
+        if (rows == 0) continue;
+        LaunchPlan plan;
+        marlin_status status = plan_launch(rows, n, k, device, &plan);
+        if (status != MARLIN_STATUS_SUCCESS) return status;
+        size_t need = sizeof(float) * 2 * (size_t)plan.grid * (size_t)plan.variant->slot_floats;
+        if (need > partial_bytes) partial_bytes = need;
+    }
+    *bytes = counter_region_bytes(n) + partial_bytes;
+    return MARLIN_STATUS_SUCCESS;
+}
+
+bool aligned(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) % MARLIN_ALIGNMENT) == 0; }
+
+marlin_status check_shape(int m, int n, int k, int group_size) {
+    if (m < 1) return MARLIN_STATUS_UNSUPPORTED_SHAPE;
+    return marlin_check_weight_shape(k, n, group_size);
+}
+
+}  // namespace
+
+extern "C" marlin_status marlin_workspace_size(int m, int n, int k, int group_size,
+                                               size_t* workspace_bytes) {
+    if (!workspace_bytes) return MARLIN_STATUS_NULL_POINTER;
+    marlin_status status = check_shape(m, n, k, group_size);
+    if (status != MARLIN_STATUS_SUCCESS) return status;
+    DeviceInfo device;
+    status = query_device(&device);
+    if (status != MARLIN_STATUS_SUCCESS) return status;
+    return required_workspace(m, n, k, device, workspace_bytes);
+}
+
+extern "C" marlin_status marlin_matmul(const void* A, const void* packed_b, const void* packed_scales,
+                                       void* C, int m, int n, int k, int group_size, void* workspace,
+                                       size_t workspace_bytes, cudaStream_t stream) {
+    if (!A || !packed_b || !packed_scales || !C || !workspace) return MARLIN_STATUS_NULL_POINTER;
+    marlin_status status = check_shape(m, n, k, group_size);
+    if (status != MARLIN_STATUS_SUCCESS) return status;
+    if (!aligned(A) || !aligned(packed_b) || !aligned(packed_scales) || !aligned(C) || !aligned(workspace))
+        return MARLIN_STATUS_MISALIGNED_POINTER;
+    DeviceInfo device;
+    status = query_device(&device);
+    if (status != MARLIN_STATUS_SUCCESS) return status;
+    size_t needed = 0;
+    status = required_workspace(m, n, k, device, &needed);
+    if (status != MARLIN_STATUS_SUCCESS) return status;
+    if (workspace_bytes < needed) return MARLIN_STATUS_WORKSPACE_TOO_SMALL;
+
+    int* counters = static_cast<int*>(workspace);
+    float* partials = reinterpret_cast<float*>(static_cast<char*>(workspace) + counter_region_bytes(n));
+    for (int row0 = 0; row0 < m; row0 += kMaxChunkRows) {
+        const int rows = m - row0 < kMaxChunkRows ? m - row0 : kMaxChunkRows;
+        LaunchPlan plan;
+        status = plan_launch(rows, n, k, device, &plan);
+        if (status != MARLIN_STATUS_SUCCESS) return status;
+        KernelArgs args;
+        args.A = static_cast<const int4*>(A) + (size_t)row0 * k / 8;
+        args.B = static_cast<const int4*>(packed_b);
+        args.scales = static_cast<const int4*>(packed_scales);
+        args.C = static_cast<half2*>(C) + (size_t)row0 * n / 2;
+        args.partials = partials;
+        args.counters = counters;
+        args.m = rows;
+        args.n = n;
+        args.k = k;
+        args.group_size = group_size;
+        args.iters_per_block = plan.iters_per_block;
+        const KernelVariant& v = *plan.variant;
+        if (cudaFuncSetAttribute(v.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, v.smem_bytes) !=
+            cudaSuccess)
+            return MARLIN_STATUS_CUDA_ERROR;
+        v.kernel<<<plan.grid, marlin::kThreads, v.smem_bytes, stream>>>(args);
+        if (cudaGetLastError() != cudaSuccess) return MARLIN_STATUS_CUDA_ERROR;
+    }
+    return MARLIN_STATUS_SUCCESS;
+}
