@@ -1,0 +1,3 @@
+# Tests of tools/llama (marlin-llama). They link its core library.
+marlin_add_test(test_llama_gguf test_llama_gguf.c)
+target_link_libraries(test_llama_gguf PRIVATE marlin_llama_core)
