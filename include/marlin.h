@@ -12,7 +12,7 @@
  *   dequant(q at row r, col c) = (q - 8) * scales[r / group_size][c],
  *            rounded to fp16, products accumulated in fp32.
  *
- * Shapes: any m >= 1; k and n multiples of 64; group_size 32, 64, 128, or
+ * Shapes: any m >= 1; k and n multiples of 64 up to 2^20; group_size 32, 64, 128, or
  * k (one scale per column). k need not be a multiple of group_size.
  *
  * The usual flow:
@@ -53,8 +53,9 @@ extern "C" {
 /* Tile of the packed layout: 16 rows (k) x 64 columns (n), 512 bytes. */
 #define MARLIN_TILE_K 16
 #define MARLIN_TILE_N 64
-/* k and n must be multiples of this. */
+/* k and n must be multiples of this, and at most MARLIN_MAX_DIMENSION. */
 #define MARLIN_SHAPE_MULTIPLE 64
+#define MARLIN_MAX_DIMENSION 1048576
 /* Required alignment of every device pointer, in bytes. */
 #define MARLIN_ALIGNMENT 16
 /* Code of the zero point: dequant(q) = (q - MARLIN_ZERO_CODE) * scale. */
@@ -64,7 +65,7 @@ typedef enum marlin_status {
     MARLIN_STATUS_SUCCESS = 0,
     MARLIN_STATUS_NULL_POINTER,           /* a required pointer is NULL */
     MARLIN_STATUS_MISALIGNED_POINTER,     /* a device pointer is not 16-byte aligned */
-    MARLIN_STATUS_UNSUPPORTED_SHAPE,      /* m < 1, or k / n not positive multiples of 64 */
+    MARLIN_STATUS_UNSUPPORTED_SHAPE,      /* m < 1, or k / n not multiples of 64 in 64..2^20 */
     MARLIN_STATUS_UNSUPPORTED_GROUP_SIZE, /* group_size not 32, 64, 128 or k */
     MARLIN_STATUS_WORKSPACE_TOO_SMALL,    /* workspace_bytes < marlin_workspace_size() */
     MARLIN_STATUS_INVALID_VALUE,          /* NaN/Inf input, code out of range, bad option */
@@ -80,7 +81,7 @@ MARLIN_API const char* marlin_status_string(marlin_status status);
 
 /* ---------------------------------------------------------------- sizes -- */
 
-/* Checks k, n (positive multiples of 64) and group_size (32, 64, 128 or k). */
+/* Checks k, n (multiples of 64, at most 2^20) and group_size (32, 64, 128 or k). */
 MARLIN_API marlin_status marlin_check_weight_shape(int k, int n, int group_size);
 /* Number of scale rows: ceil(k / group_size). Assumes a valid shape. */
 MARLIN_API int marlin_scale_rows(int k, int group_size);
@@ -152,7 +153,8 @@ MARLIN_API marlin_status marlin_reference_matmul(const uint16_t* A, const uint32
  * CUDA device. The caller allocates it (device memory, 16-byte aligned) and
  * zeroes it once (cudaMemset) before its first use; every call leaves it
  * zeroed where it matters, so one workspace serves any sequence of calls on
- * one stream of no larger shape, and calls can be captured in a CUDA graph.
+ * one stream whose sizes it covers (of any shapes), and calls can be captured
+ * in a CUDA graph and replayed.
  * Two calls running at the same time on different streams need two workspaces.
  */
 MARLIN_API marlin_status marlin_workspace_size(int m, int n, int k, int group_size,

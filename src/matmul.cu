@@ -13,7 +13,10 @@ using marlin::KernelArgs;
 using marlin::TileConfig;
 
 constexpr int kMaxChunkRows = 64; /* rows of A one launch covers (M_BLOCKS <= 4) */
-constexpr size_t kCounterRegionAlign = 256;
+/* The workspace starts with one arrival counter per possible 64-column slice
+ * of the largest n, so the counters sit at the same place for every shape and
+ * partial tiles of one call never land on counters of another. */
+constexpr size_t kCounterRegionBytes = sizeof(int) * (MARLIN_MAX_DIMENSION / 64);
 
 using KernelFn = void (*)(const KernelArgs);
 
@@ -103,11 +106,6 @@ marlin_status plan_launch(int rows, int n, int k, const DeviceInfo& device, Laun
     return MARLIN_STATUS_SUCCESS;
 }
 
-size_t counter_region_bytes(int n) {
-    size_t bytes = sizeof(int) * (size_t)(n / 64); /* at most one slice per 64 columns */
-    return (bytes + kCounterRegionAlign - 1) / kCounterRegionAlign * kCounterRegionAlign;
-}
-
 /* Workspace for all chunks of an m x n x k call: counters, then 2 slots per block. */
 marlin_status required_workspace(int m, int n, int k, const DeviceInfo& device, size_t* bytes) {
     size_t partial_bytes = 0;
@@ -120,7 +118,7 @@ marlin_status required_workspace(int m, int n, int k, const DeviceInfo& device, 
         size_t need = sizeof(float) * 2 * (size_t)plan.grid * (size_t)plan.variant->slot_floats;
         if (need > partial_bytes) partial_bytes = need;
     }
-    *bytes = counter_region_bytes(n) + partial_bytes;
+    *bytes = kCounterRegionBytes + partial_bytes;
     return MARLIN_STATUS_SUCCESS;
 }
 
@@ -161,7 +159,7 @@ extern "C" marlin_status marlin_matmul(const void* A, const void* packed_b, cons
     if (workspace_bytes < needed) return MARLIN_STATUS_WORKSPACE_TOO_SMALL;
 
     int* counters = static_cast<int*>(workspace);
-    float* partials = reinterpret_cast<float*>(static_cast<char*>(workspace) + counter_region_bytes(n));
+    float* partials = reinterpret_cast<float*>(static_cast<char*>(workspace) + kCounterRegionBytes);
     for (int row0 = 0; row0 < m; row0 += kMaxChunkRows) {
         const int rows = m - row0 < kMaxChunkRows ? m - row0 : kMaxChunkRows;
         LaunchPlan plan;

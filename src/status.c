@@ -6,7 +6,7 @@ const char* marlin_status_string(marlin_status status) {
     case MARLIN_STATUS_SUCCESS: return "success";
     case MARLIN_STATUS_NULL_POINTER: return "a required pointer is NULL";
     case MARLIN_STATUS_MISALIGNED_POINTER: return "a device pointer is not 16-byte aligned";
-    case MARLIN_STATUS_UNSUPPORTED_SHAPE: return "unsupported shape: need m >= 1 and k, n positive multiples of 64";
+    case MARLIN_STATUS_UNSUPPORTED_SHAPE: return "unsupported shape: need m >= 1 and k, n multiples of 64 in 64..1048576";
     case MARLIN_STATUS_UNSUPPORTED_GROUP_SIZE: return "unsupported group size: need 32, 64, 128 or k";
     case MARLIN_STATUS_WORKSPACE_TOO_SMALL: return "workspace smaller than marlin_workspace_size()";
     case MARLIN_STATUS_INVALID_VALUE: return "invalid value (NaN/Inf, code out of range, or bad option)";
@@ -20,7 +20,8 @@ const char* marlin_status_string(marlin_status status) {
 }
 
 marlin_status marlin_check_weight_shape(int k, int n, int group_size) {
-    if (k <= 0 || n <= 0 || k % MARLIN_SHAPE_MULTIPLE != 0 || n % MARLIN_SHAPE_MULTIPLE != 0)
+    if (k <= 0 || n <= 0 || k % MARLIN_SHAPE_MULTIPLE != 0 || n % MARLIN_SHAPE_MULTIPLE != 0 ||
+        k > MARLIN_MAX_DIMENSION || n > MARLIN_MAX_DIMENSION)
         return MARLIN_STATUS_UNSUPPORTED_SHAPE;
     if (group_size != 32 && group_size != 64 && group_size != 128 && group_size != k)
         return MARLIN_STATUS_UNSUPPORTED_GROUP_SIZE;

@@ -39,6 +39,7 @@ int main(void) {
         {"k = 100", marlin_matmul(A, B, S, C, M, N, 100, 128, W, ws, 0), MARLIN_STATUS_UNSUPPORTED_SHAPE},
         {"n = 96", marlin_matmul(A, B, S, C, M, 96, K, 128, W, ws, 0), MARLIN_STATUS_UNSUPPORTED_SHAPE},
         {"n = 0", marlin_matmul(A, B, S, C, M, 0, K, 128, W, ws, 0), MARLIN_STATUS_UNSUPPORTED_SHAPE},
+        {"n = 2^20 + 64", marlin_matmul(A, B, S, C, M, MARLIN_MAX_DIMENSION + 64, K, 128, W, ws, 0), MARLIN_STATUS_UNSUPPORTED_SHAPE},
         {"group 16", marlin_matmul(A, B, S, C, M, N, K, 16, W, ws, 0), MARLIN_STATUS_UNSUPPORTED_GROUP_SIZE},
         {"group 256 (> 128, != k)", marlin_matmul(A, B, S, C, M, N, K, 256, W, ws, 0), MARLIN_STATUS_UNSUPPORTED_GROUP_SIZE},
         {"misaligned A", marlin_matmul(A + 2, B, S, C, M, N, K, 128, W, ws, 0), MARLIN_STATUS_MISALIGNED_POINTER},
