@@ -50,7 +50,8 @@ struct KernelArgs {
     float* partials;            /* workspace: 2 slots per block of BM x BN fp32 */
     int* counters;              /* workspace: one arrival counter per column slice */
     int m;                      /* rows in this chunk, 1..BM */
-    int n, k, group_size;
+    int n, k;
+    int group_shift;            /* scale row of k-index i: i >> group_shift (30 for one group) */
     int iters_per_block;        /* length of each block's run of iterations */
 };
 
@@ -161,11 +162,10 @@ __global__ void __launch_bounds__(kThreads, 1) marlin_gemm_kernel(const KernelAr
 
     const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
     const int warp_n_tile = warp % N_TILES, warp_k_group = warp / N_TILES;
-    const int n = args.n, k = args.k, group_size = args.group_size;
+    const int n = args.n, k = args.k;
     const int k_tiles_total = k / 16, n_tiles_total = n / 64;
     const int k_iters = (k + Cfg::kBK - 1) / Cfg::kBK;
     const int slices = (n + Cfg::kBN - 1) / Cfg::kBN;
-    const int scale_rows_total = (k + group_size - 1) / group_size;
 
     const int run_begin = blockIdx.x * args.iters_per_block;
     int run_end = run_begin + args.iters_per_block;
@@ -173,35 +173,66 @@ __global__ void __launch_bounds__(kThreads, 1) marlin_gemm_kernel(const KernelAr
     const int run_length = run_end - run_begin;
     if (run_length <= 0) return;
 
-    /* Issues the copies of iteration t (relative to run_begin) into its stage. */
-    auto load_iteration = [&](int t) {
-        const int iter = run_begin + t;
-        const int slice = iter / k_iters, k_step = iter % k_iters;
+    /* Per-thread copy assignments are fixed for the whole run: work them out
+     * once, so each iteration only adds the step's k and n offsets. */
+    constexpr int kALoads = (Cfg::kAStage + kThreads - 1) / kThreads;
+    constexpr int kBLoads = (Cfg::kBStage + kThreads - 1) / kThreads;
+    constexpr int kSLoads = (Cfg::kSStage + kThreads - 1) / kThreads;
+    const int4* a_src[kALoads];
+    int a_dst[kALoads], a_col[kALoads];
+    bool a_row_ok[kALoads];
+#pragma unroll
+    for (int j = 0; j < kALoads; j++) {
+        int i = tid + j * kThreads;
+        int row = i / Cfg::kAChunksPerRow, chunk = i % Cfg::kAChunksPerRow;
+        a_row_ok[j] = i < Cfg::kAStage && row < args.m;
+        a_src[j] = args.A + (size_t)(a_row_ok[j] ? row : 0) * (k / 8) + chunk;
+        a_dst[j] = row * Cfg::kAChunksPerRow + (chunk ^ (row % 8));
+        a_col[j] = chunk * 8;
+    }
+    int b_src[kBLoads], b_k_tile[kBLoads], b_n_tile[kBLoads];
+#pragma unroll
+    for (int j = 0; j < kBLoads; j++) {
+        int i = tid + j * kThreads;
+        int tile = i / 32;
+        b_k_tile[j] = tile / N_TILES;
+        b_n_tile[j] = i < Cfg::kBStage ? tile % N_TILES : n_tiles_total; /* past the end: never valid */
+        b_src[j] = (b_k_tile[j] * n_tiles_total + b_n_tile[j]) * 32 + i % 32;
+    }
+    int s_row[kSLoads], s_col[kSLoads];
+#pragma unroll
+    for (int j = 0; j < kSLoads; j++) {
+        int i = tid + j * kThreads;
+        s_row[j] = i < Cfg::kSStage ? i / (Cfg::kBN / 8) : Cfg::kScaleRows; /* past the end: never valid */
+        s_col[j] = (i % (Cfg::kBN / 8)) * 8;
+    }
+
+    /* Issues the copies of one iteration (column slice, k step) into `stage`. */
+    auto load_iteration = [&](int stage_index, int slice, int k_step) {
         const int k0 = k_step * Cfg::kBK, n0 = slice * Cfg::kBN;
-        int4* stage = smem + (t % STAGES) * Cfg::kStage;
-        int4* stage_a = stage;
-        int4* stage_b = stage + Cfg::kAStage;
+        const int k_tile0 = k0 / 16, n_tile0 = n0 / 64;
+        int4* stage_a = smem + stage_index * Cfg::kStage;
+        int4* stage_b = stage_a + Cfg::kAStage;
         int4* stage_s = stage_b + Cfg::kBStage;
-        for (int i = tid; i < Cfg::kAStage; i += kThreads) {
-            int row = i / Cfg::kAChunksPerRow, chunk = i % Cfg::kAChunksPerRow;
-            bool valid = row < args.m && k0 + chunk * 8 < k;
-            const int4* src = valid ? args.A + ((size_t)row * k + k0 + chunk * 8) / 8 : args.A;
-            copy_async_16(stage_a + row * Cfg::kAChunksPerRow + (chunk ^ (row % 8)), src, valid);
+#pragma unroll
+        for (int j = 0; j < kALoads; j++) {
+            if (tid + j * kThreads >= Cfg::kAStage) break;
+            bool valid = a_row_ok[j] && k0 + a_col[j] < k;
+            copy_async_16(stage_a + a_dst[j], valid ? a_src[j] + k0 / 8 : args.A, valid);
         }
-        for (int i = tid; i < Cfg::kBStage; i += kThreads) {
-            int tile = i / 32, tile_lane = i % 32;
-            int kt = k0 / 16 + tile / N_TILES, nt = n0 / 64 + tile % N_TILES;
-            if (kt < k_tiles_total && nt < n_tiles_total)
-                copy_async_16(stage_b + i, args.B + ((size_t)kt * n_tiles_total + nt) * 32 + tile_lane, true);
+        const size_t b_base = ((size_t)k_tile0 * n_tiles_total + n_tile0) * 32;
+#pragma unroll
+        for (int j = 0; j < kBLoads; j++) {
+            if (k_tile0 + b_k_tile[j] < k_tiles_total && n_tile0 + b_n_tile[j] < n_tiles_total)
+                copy_async_16(stage_b + tid + j * kThreads, args.B + b_base + b_src[j], true);
         }
-        const int first_scale_row = k0 / group_size;
-        const int k_last = (k0 + Cfg::kBK < k ? k0 + Cfg::kBK : k) - 1;
-        const int last_scale_row = k_last / group_size;
-        for (int i = tid; i < Cfg::kSStage; i += kThreads) {
-            int r = i / (Cfg::kBN / 8), chunk = i % (Cfg::kBN / 8);
-            int row = first_scale_row + r;
-            if (row <= last_scale_row && row < scale_rows_total && n0 + chunk * 8 < n)
-                copy_async_16(stage_s + i, args.scales + ((size_t)row * n + n0 + chunk * 8) / 8, true);
+        const int first_scale_row = k0 >> args.group_shift;
+        const int last_scale_row = ((k0 + Cfg::kBK < k ? k0 + Cfg::kBK : k) - 1) >> args.group_shift;
+#pragma unroll
+        for (int j = 0; j < kSLoads; j++) {
+            int row = first_scale_row + s_row[j];
+            if (row <= last_scale_row && n0 + s_col[j] < n)
+                copy_async_16(stage_s + tid + j * kThreads, args.scales + ((size_t)row * n + n0 + s_col[j]) / 8, true);
         }
     };
 
@@ -217,12 +248,10 @@ __global__ void __launch_bounds__(kThreads, 1) marlin_gemm_kernel(const KernelAr
     clear_acc();
 
     /* Tensor-core work of iteration t on its stage. */
-    auto compute_iteration = [&](int t) {
-        const int iter = run_begin + t;
-        const int slice = iter / k_iters, k_step = iter % k_iters;
+    auto compute_iteration = [&](int stage_index, int slice, int k_step) {
         const int k0 = k_step * Cfg::kBK;
         if (slice * N_TILES + warp_n_tile >= n_tiles_total) return; /* past the last column */
-        const int4* stage = smem + (t % STAGES) * Cfg::kStage;
+        const int4* stage = smem + stage_index * Cfg::kStage;
         const int4* stage_a = stage;
         const int4* stage_b = stage + Cfg::kAStage;
         const half* stage_s = reinterpret_cast<const half*>(stage_b + Cfg::kBStage);
@@ -232,7 +261,7 @@ __global__ void __launch_bounds__(kThreads, 1) marlin_gemm_kernel(const KernelAr
             const int k_index = k0 + kt_local * 16;
             if (k_index >= k) break;
             const int4 b_words = stage_b[(kt_local * N_TILES + warp_n_tile) * 32 + lane];
-            const int scale_row = k_index / group_size - k0 / group_size;
+            const int scale_row = (k_index >> args.group_shift) - (k0 >> args.group_shift);
             const int4 scale_vec = *reinterpret_cast<const int4*>(
                 stage_s + scale_row * Cfg::kBN + warp_n_tile * 64 + (lane / 4) * 8);
             const uint32_t* scale_pairs = reinterpret_cast<const uint32_t*>(&scale_vec);
@@ -360,27 +389,44 @@ __global__ void __launch_bounds__(kThreads, 1) marlin_gemm_kernel(const KernelAr
         store_c();
     };
 
-    /* Pipeline: STAGES-1 iterations in flight ahead of the one computed. */
+    /* Pipeline: STAGES-1 iterations in flight ahead of the one computed. The
+     * (slice, k step) of the next load and of the computed iteration advance
+     * incrementally: no divisions in the loop. */
+    int load_slice = run_begin / k_iters, load_k_step = run_begin % k_iters;
+    auto advance = [&](int& slice, int& k_step) {
+        if (++k_step == k_iters) k_step = 0, slice++;
+    };
 #pragma unroll
     for (int t = 0; t < STAGES - 1; t++) {
-        if (t < run_length) load_iteration(t);
+        if (t < run_length) {
+            load_iteration(t, load_slice, load_k_step);
+            advance(load_slice, load_k_step);
+        }
         copy_async_commit();
     }
+    int slice = run_begin / k_iters, k_step = run_begin % k_iters;
+    int slice_first_t = 0; /* iteration of this run where the current slice began */
+    int stage_index = 0, load_stage = STAGES - 1;
     for (int t = 0; t < run_length; t++) {
         copy_async_wait<STAGES - 2>();
         __syncthreads();
-        if (t + STAGES - 1 < run_length) load_iteration(t + STAGES - 1);
+        if (t + STAGES - 1 < run_length) {
+            load_iteration(load_stage, load_slice, load_k_step);
+            advance(load_slice, load_k_step);
+        }
         copy_async_commit();
-        compute_iteration(t);
+        load_stage = load_stage == STAGES - 1 ? 0 : load_stage + 1;
+        compute_iteration(stage_index, slice, k_step);
+        stage_index = stage_index == STAGES - 1 ? 0 : stage_index + 1;
 
-        const int iter = run_begin + t;
-        const int k_step = iter % k_iters;
         if (k_step == k_iters - 1 || t == run_length - 1) {
-            const int slice = iter / k_iters;
-            const bool whole_slice = iter - k_step >= run_begin && k_step == k_iters - 1;
+            /* Whole if this run covered the slice from k step 0 to the last. */
+            const bool whole_slice = k_step == k_iters - 1 && k_step == t - slice_first_t;
             finish_slice(slice, whole_slice);
             clear_acc();
+            slice_first_t = t + 1;
         }
+        advance(slice, k_step);
     }
     copy_async_wait<0>();
 }

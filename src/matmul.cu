@@ -122,6 +122,15 @@ marlin_status required_workspace(int m, int n, int k, const DeviceInfo& device, 
     return MARLIN_STATUS_SUCCESS;
 }
 
+/* Scale row of k-index i is i >> shift: log2 of a power-of-two group size; a
+ * single group (group_size == k, any k <= 2^20) maps every row to 0. */
+int group_shift(int k, int group_size) {
+    if (group_size == k && (k & (k - 1)) != 0) return 30;
+    int shift = 0;
+    while ((1 << shift) < group_size) shift++;
+    return shift;
+}
+
 bool aligned(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) % MARLIN_ALIGNMENT) == 0; }
 
 marlin_status check_shape(int m, int n, int k, int group_size) {
@@ -175,7 +184,7 @@ extern "C" marlin_status marlin_matmul(const void* A, const void* packed_b, cons
         args.m = rows;
         args.n = n;
         args.k = k;
-        args.group_size = group_size;
+        args.group_shift = group_shift(k, group_size);
         args.iters_per_block = plan.iters_per_block;
         const KernelVariant& v = *plan.variant;
         if (cudaFuncSetAttribute(v.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, v.smem_bytes) !=
