@@ -1,0 +1,619 @@
+/*
+ * gpu.cu: the GPU backend (see gpu.h): weights upload, small kernels, and
+ * the forward pass built from cuBLAS / marlin_matmul calls and these kernels.
+ *
+ * Data on the device:
+ *   residual x        fp32 rows x dim (kept in fp32 so long residual sums do not drift)
+ *   activations       fp16: xn (rows x dim), qkv, attn, proj, gate_up, hidden
+ *   KV cache          fp16, layers x max_seqs x max_ctx x kv_dim (keys already rotated)
+ *   dense weights     fp16 n x k (torch layout), multiplied by cublasGemmEx with
+ *                     op(A) = transpose, so no re-layout is needed
+ *   int4 weights      marlin_pack's output, multiplied by marlin_matmul
+ * The kernels are deliberately simple (one block per row, or per row and
+ * head for attention): at decode batch sizes the time goes to reading the
+ * weights, which is the matmuls' job.
+ */
+#include <cublas_v2.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+extern "C" {
+#include "gpu.h"
+#include "marlin.h"
+}
+
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kAttentionThreads = 128;
+
+struct gpu_linear {
+    int n = 0, k = 0, group_size = 0;  // group_size 0: dense fp16
+    __half* weight = nullptr;          // dense: n x k fp16
+    void* packed_b = nullptr;          // int4: k*n/8 uint32
+    void* packed_scales = nullptr;     // int4: ceil(k/g) x n fp16
+};
+
+struct gpu_layer {
+    float* attn_norm = nullptr;  // dim
+    float* ffn_norm = nullptr;   // dim
+    gpu_linear qkv, out, gate_up, down;
+};
+
+void set_error(char* error, size_t error_bytes, const char* fmt, ...) {
+    va_list args;
+    va_start(args, fmt);
+    vsnprintf(error, error_bytes, fmt, args);
+    va_end(args);
+}
+
+}  // namespace
+
+struct llama_gpu {
+    llama_config config;
+    int max_rows = 0, max_seqs = 0, max_ctx = 0;
+    cudaStream_t stream = nullptr;
+    cublasHandle_t cublas = nullptr;
+    __half* embedding = nullptr;  // vocab x dim
+    __half* output = nullptr;     // vocab x dim (== embedding when tied)
+    float* output_norm = nullptr; // dim
+    gpu_layer* layers = nullptr;  // n_layers (host array of device pointers)
+    __half* key_cache = nullptr;
+    __half* value_cache = nullptr;
+    float* x = nullptr;
+    __half *xn = nullptr, *qkv = nullptr, *attn = nullptr, *proj = nullptr, *gate_up = nullptr, *hidden = nullptr;
+    float* logits = nullptr;      // max_rows x vocab
+    int *tokens = nullptr, *seq_ids = nullptr, *positions = nullptr;  // max_rows each
+    void* workspace = nullptr;
+    size_t workspace_bytes = 0;
+    size_t weight_bytes = 0;
+    size_t attention_shared_bytes = 0;
+};
+
+/* ------------------------------------------------------------- kernels -- */
+
+__global__ void embed_kernel(const __half* embedding, const int* tokens, float* x, int dim) {
+    int row = blockIdx.x;
+    const __half* e = embedding + (size_t)tokens[row] * dim;
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) x[(size_t)row * dim + i] = __half2float(e[i]);
+}
+
+/* Block-wide sum; every thread gets the total. blockDim.x <= 1024, multiple of 32. */
+__device__ float block_sum(float v, float* shared /* 32 floats */) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    __syncthreads();
+    if (lane == 0) shared[warp] = v;
+    __syncthreads();
+    float total = 0.0f;
+    for (int w = 0; w < (int)(blockDim.x / 32); w++) total += shared[w];
+    return total;
+}
+
+__device__ float block_max(float v, float* shared) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    __syncthreads();
+    if (lane == 0) shared[warp] = v;
+    __syncthreads();
+    float m = -INFINITY;
+    for (int w = 0; w < (int)(blockDim.x / 32); w++) m = fmaxf(m, shared[w]);
+    return m;
+}
+
+__global__ void rmsnorm_kernel(const float* x, const float* weight, __half* out, int dim, float eps) {
+    __shared__ float shared[32];
+    int row = blockIdx.x;
+    const float* xr = x + (size_t)row * dim;
+    float sum = 0.0f;
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) sum += xr[i] * xr[i];
+    sum = block_sum(sum, shared);
+    float inv = rsqrtf(sum / dim + eps);
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) out[(size_t)row * dim + i] = __float2half(xr[i] * inv * weight[i]);
+}
+
+/* RoPE on q and k of each row (adjacent pairs, GGUF order), then k and v into the cache. */
+__global__ void rope_cache_kernel(__half* qkv, const int* seq_ids, const int* positions, __half* key_cache,
+                                  __half* value_cache, int n_heads, int n_kv_heads, int head_dim, int rope_dim,
+                                  float rope_base, int max_seqs, int max_ctx, int layer) {
+    int row = blockIdx.x;
+    int q_dim = n_heads * head_dim, kv_dim = n_kv_heads * head_dim;
+    __half* q = qkv + (size_t)row * (q_dim + 2 * kv_dim);
+    int pos = positions[row];
+    int half_rope = rope_dim / 2;
+    for (int item = threadIdx.x; item < (n_heads + n_kv_heads) * half_rope; item += blockDim.x) {
+        int head = item / half_rope, i = item % half_rope;
+        double angle = pos * pow((double)rope_base, -2.0 * i / rope_dim);
+        float c = (float)cos(angle), s = (float)sin(angle);
+        __half* p = q + (size_t)head * head_dim + 2 * i;  // k heads follow the q heads
+        float a = __half2float(p[0]), b = __half2float(p[1]);
+        p[0] = __float2half(a * c - b * s);
+        p[1] = __float2half(a * s + b * c);
+    }
+    __syncthreads();
+    size_t slot = (((size_t)layer * max_seqs + seq_ids[row]) * max_ctx + pos) * kv_dim;
+    for (int i = threadIdx.x; i < kv_dim; i += blockDim.x) {
+        key_cache[slot + i] = q[q_dim + i];
+        value_cache[slot + i] = q[q_dim + kv_dim + i];
+    }
+}
+
+/* One block per (head, row): scores over positions 0..pos in shared memory,
+ * softmax in fp32, weighted sum of the values. */
+__global__ void attention_kernel(const __half* qkv, const int* seq_ids, const int* positions, const __half* key_cache,
+                                 const __half* value_cache, __half* out, int n_heads, int n_kv_heads, int head_dim,
+                                 int max_seqs, int max_ctx, int layer) {
+    extern __shared__ float scores[];  // max_ctx
+    __shared__ float reduce[32];
+    __shared__ float q[256];           // head_dim <= 256
+    int head = blockIdx.x, row = blockIdx.y;
+    int q_dim = n_heads * head_dim, kv_dim = n_kv_heads * head_dim;
+    int kv_head = head / (n_heads / n_kv_heads);
+    int pos = positions[row];
+    const __half* qr = qkv + (size_t)row * (q_dim + 2 * kv_dim) + (size_t)head * head_dim;
+    for (int i = threadIdx.x; i < head_dim; i += blockDim.x) q[i] = __half2float(qr[i]);
+    __syncthreads();
+    size_t base = ((size_t)layer * max_seqs + seq_ids[row]) * max_ctx * kv_dim + (size_t)kv_head * head_dim;
+    float scale = rsqrtf((float)head_dim);
+    float local_max = -INFINITY;
+    for (int t = threadIdx.x; t <= pos; t += blockDim.x) {
+        const __half* key = key_cache + base + (size_t)t * kv_dim;
+        float dot = 0.0f;
+        for (int i = 0; i < head_dim; i++) dot += q[i] * __half2float(key[i]);
+        scores[t] = dot * scale;
+        local_max = fmaxf(local_max, scores[t]);
+    }
+    float max_score = block_max(local_max, reduce);
+    float local_sum = 0.0f;
+    for (int t = threadIdx.x; t <= pos; t += blockDim.x) {
+        scores[t] = __expf(scores[t] - max_score);
+        local_sum += scores[t];
+    }
+    float total = block_sum(local_sum, reduce);  // also orders the score writes before the reads below
+    float inv_total = 1.0f / total;
+    __half* o = out + (size_t)row * q_dim + (size_t)head * head_dim;
+    for (int i = threadIdx.x; i < head_dim; i += blockDim.x) {
+        float acc = 0.0f;
+        for (int t = 0; t <= pos; t++) acc += scores[t] * __half2float(value_cache[base + (size_t)t * kv_dim + i]);
+        o[i] = __float2half(acc * inv_total);
+    }
+}
+
+__global__ void swiglu_kernel(const __half* gate_up, __half* hidden, int ffn) {
+    int row = blockIdx.x;
+    const __half* g = gate_up + (size_t)row * 2 * ffn;
+    for (int i = threadIdx.x; i < ffn; i += blockDim.x) {
+        float a = __half2float(g[i]), b = __half2float(g[ffn + i]);
+        hidden[(size_t)row * ffn + i] = __float2half(a / (1.0f + __expf(-a)) * b);
+    }
+}
+
+__global__ void residual_add_kernel(float* x, const __half* y, size_t count) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count; i += (size_t)gridDim.x * blockDim.x)
+        x[i] += __half2float(y[i]);
+}
+
+/* splitmix64 of the index: reproducible synthetic data without cuRAND. */
+__device__ uint64_t mix64(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+__global__ void fill_half_kernel(__half* p, size_t count, float amplitude, uint64_t seed) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count; i += (size_t)gridDim.x * blockDim.x) {
+        double u = (double)(mix64(seed + i * 0x9E3779B97F4A7C15ull) >> 11) / 9007199254740992.0;
+        p[i] = __float2half((float)(2.0 * u - 1.0) * amplitude);
+    }
+}
+__global__ void fill_words_kernel(uint32_t* p, size_t count, uint64_t seed) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count; i += (size_t)gridDim.x * blockDim.x)
+        p[i] = (uint32_t)mix64(seed + i * 0x9E3779B97F4A7C15ull);
+}
+__global__ void fill_float_kernel(float* p, size_t count, float value) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count; i += (size_t)gridDim.x * blockDim.x)
+        p[i] = value;
+}
+
+/* ------------------------------------------------------------- helpers -- */
+
+namespace {
+
+#define CUDA_TRY(call)                                                                                  \
+    do {                                                                                                \
+        cudaError_t e_ = (call);                                                                        \
+        if (e_ != cudaSuccess) {                                                                        \
+            set_error(error, error_bytes, "%s failed: %s (%s:%d)", #call, cudaGetErrorString(e_), __FILE__, \
+                      __LINE__);                                                                        \
+            return -1;                                                                                  \
+        }                                                                                               \
+    } while (0)
+
+int grid_for(size_t count) {
+    size_t blocks = (count + kThreads - 1) / kThreads;
+    return (int)(blocks > 4096 ? 4096 : (blocks ? blocks : 1));
+}
+
+template <typename T>
+int device_alloc(T** p, size_t count, char* error, size_t error_bytes) {
+    CUDA_TRY(cudaMalloc((void**)p, (count ? count : 1) * sizeof(T)));
+    return 0;
+}
+
+/* Host fp32 -> device fp16. */
+int upload_half(__half** dst, const float* src, size_t count, char* error, size_t error_bytes) {
+    uint16_t* staging = (uint16_t*)malloc(count * sizeof(uint16_t));
+    if (!staging) {
+        set_error(error, error_bytes, "out of host memory");
+        return -1;
+    }
+    for (size_t i = 0; i < count; i++) staging[i] = marlin_fp16_from_float(src[i]);
+    int rc = device_alloc(dst, count, error, error_bytes);
+    if (rc == 0 && cudaMemcpy(*dst, staging, count * 2, cudaMemcpyHostToDevice) != cudaSuccess) {
+        set_error(error, error_bytes, "cudaMemcpy of %zu fp16 values failed", count);
+        rc = -1;
+    }
+    free(staging);
+    return rc;
+}
+
+int upload_float(float** dst, const float* src, size_t count, char* error, size_t error_bytes) {
+    if (device_alloc(dst, count, error, error_bytes)) return -1;
+    CUDA_TRY(cudaMemcpy(*dst, src, count * sizeof(float), cudaMemcpyHostToDevice));
+    return 0;
+}
+
+int upload_linear(gpu_linear* g, const llama_linear* l, char* error, size_t error_bytes) {
+    g->n = l->n;
+    g->k = l->k;
+    g->group_size = l->group_size;
+    if (!l->group_size) return upload_half(&g->weight, l->weight, (size_t)l->n * l->k, error, error_bytes);
+    size_t packed = marlin_packed_weight_bytes(l->k, l->n), scales = marlin_scale_bytes(l->k, l->n, l->group_size);
+    CUDA_TRY(cudaMalloc(&g->packed_b, packed));
+    CUDA_TRY(cudaMalloc(&g->packed_scales, scales));
+    CUDA_TRY(cudaMemcpy(g->packed_b, l->packed_b, packed, cudaMemcpyHostToDevice));
+    CUDA_TRY(cudaMemcpy(g->packed_scales, l->packed_scales, scales, cudaMemcpyHostToDevice));
+    return 0;
+}
+
+size_t linear_bytes(const gpu_linear& g) {
+    if (!g.group_size) return (size_t)g.n * g.k * 2;
+    return marlin_packed_weight_bytes(g.k, g.n) + marlin_scale_bytes(g.k, g.n, g.group_size);
+}
+
+void free_linear(gpu_linear* g) {
+    cudaFree(g->weight);
+    cudaFree(g->packed_b);
+    cudaFree(g->packed_scales);
+}
+
+/* Y[m x n] = X[m x k] . W^T with the layer's own format. */
+int run_linear(llama_gpu* gpu, const gpu_linear& l, const __half* X, __half* Y, int m, char* error,
+               size_t error_bytes) {
+    if (l.group_size) {
+        marlin_status s = marlin_matmul(X, l.packed_b, l.packed_scales, Y, m, l.n, l.k, l.group_size, gpu->workspace,
+                                        gpu->workspace_bytes, gpu->stream);
+        if (s != MARLIN_STATUS_SUCCESS) {
+            set_error(error, error_bytes, "marlin_matmul (m %d, n %d, k %d, group %d): %s", m, l.n, l.k, l.group_size,
+                      marlin_status_string(s));
+            return -1;
+        }
+        return 0;
+    }
+    const float alpha = 1.0f, beta = 0.0f;
+    /* column-major view: Y^T (n x m) = W (n x k, stored as k x n column-major, so op T) . X^T (k x m) */
+    cublasStatus_t s = cublasGemmEx(gpu->cublas, CUBLAS_OP_T, CUBLAS_OP_N, l.n, m, l.k, &alpha, l.weight, CUDA_R_16F,
+                                    l.k, X, CUDA_R_16F, l.k, &beta, Y, CUDA_R_16F, l.n, CUBLAS_COMPUTE_32F,
+                                    CUBLAS_GEMM_DEFAULT);
+    if (s != CUBLAS_STATUS_SUCCESS) {
+        set_error(error, error_bytes, "cublasGemmEx (m %d, n %d, k %d) failed: status %d", m, l.n, l.k, (int)s);
+        return -1;
+    }
+    return 0;
+}
+
+/* Buffers, caches, workspace, handles: everything but the weights. */
+int allocate_runtime(llama_gpu* gpu, char* error, size_t error_bytes) {
+    const llama_config& c = gpu->config;
+    size_t rows = (size_t)gpu->max_rows;
+    size_t q_dim = (size_t)c.n_heads * c.head_dim, kv_dim = (size_t)c.n_kv_heads * c.head_dim;
+    CUDA_TRY(cudaStreamCreateWithFlags(&gpu->stream, cudaStreamNonBlocking));
+    if (cublasCreate(&gpu->cublas) != CUBLAS_STATUS_SUCCESS) {
+        set_error(error, error_bytes, "cublasCreate failed");
+        return -1;
+    }
+    cublasSetStream(gpu->cublas, gpu->stream);
+    size_t cache = (size_t)c.n_layers * gpu->max_seqs * gpu->max_ctx * kv_dim;
+    if (device_alloc(&gpu->key_cache, cache, error, error_bytes) ||
+        device_alloc(&gpu->value_cache, cache, error, error_bytes) ||
+        device_alloc(&gpu->x, rows * c.dim, error, error_bytes) ||
+        device_alloc(&gpu->xn, rows * c.dim, error, error_bytes) ||
+        device_alloc(&gpu->qkv, rows * (q_dim + 2 * kv_dim), error, error_bytes) ||
+        device_alloc(&gpu->attn, rows * q_dim, error, error_bytes) ||
+        device_alloc(&gpu->proj, rows * c.dim, error, error_bytes) ||
+        device_alloc(&gpu->gate_up, rows * 2 * c.ffn_dim, error, error_bytes) ||
+        device_alloc(&gpu->hidden, rows * c.ffn_dim, error, error_bytes) ||
+        device_alloc(&gpu->logits, rows * c.vocab_size, error, error_bytes) ||
+        device_alloc(&gpu->tokens, rows, error, error_bytes) || device_alloc(&gpu->seq_ids, rows, error, error_bytes) ||
+        device_alloc(&gpu->positions, rows, error, error_bytes))
+        return -1;
+    /* one workspace, large enough for every int4 layer (calls are sequential on one stream) */
+    size_t need = 0;
+    for (int l = 0; l < c.n_layers; l++) {
+        const gpu_linear* ls[4] = {&gpu->layers[l].qkv, &gpu->layers[l].out, &gpu->layers[l].gate_up,
+                                   &gpu->layers[l].down};
+        for (int j = 0; j < 4; j++) {
+            if (!ls[j]->group_size) continue;
+            size_t bytes = 0;
+            marlin_status s = marlin_workspace_size(gpu->max_rows, ls[j]->n, ls[j]->k, ls[j]->group_size, &bytes);
+            if (s != MARLIN_STATUS_SUCCESS) {
+                set_error(error, error_bytes, "marlin_workspace_size: %s", marlin_status_string(s));
+                return -1;
+            }
+            if (bytes > need) need = bytes;
+        }
+    }
+    gpu->workspace_bytes = need;
+    if (need) {
+        CUDA_TRY(cudaMalloc(&gpu->workspace, need));
+        CUDA_TRY(cudaMemset(gpu->workspace, 0, need));
+    }
+    gpu->attention_shared_bytes = (size_t)gpu->max_ctx * sizeof(float);
+    if (c.head_dim > 256) {
+        set_error(error, error_bytes, "head dimension %d > 256 is not supported on the GPU", c.head_dim);
+        return -1;
+    }
+    if (gpu->attention_shared_bytes > 48 * 1024)
+        CUDA_TRY(cudaFuncSetAttribute(attention_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      (int)gpu->attention_shared_bytes));
+    gpu->weight_bytes = (size_t)c.vocab_size * c.dim * 2;
+    for (int l = 0; l < c.n_layers; l++)
+        gpu->weight_bytes += linear_bytes(gpu->layers[l].qkv) + linear_bytes(gpu->layers[l].out) +
+                             linear_bytes(gpu->layers[l].gate_up) + linear_bytes(gpu->layers[l].down);
+    return 0;
+}
+
+llama_gpu* new_gpu(const llama_config* config, int max_rows, int max_seqs, int max_ctx, char* error,
+                   size_t error_bytes) {
+    int devices = 0;
+    if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+        set_error(error, error_bytes, "no CUDA device");
+        return nullptr;
+    }
+    if (max_rows < 1 || max_seqs < 1 || max_ctx < 1) {
+        set_error(error, error_bytes, "invalid sizes (rows %d, sequences %d, context %d)", max_rows, max_seqs, max_ctx);
+        return nullptr;
+    }
+    llama_gpu* gpu = new llama_gpu();
+    gpu->config = *config;
+    gpu->max_rows = max_rows;
+    gpu->max_seqs = max_seqs;
+    gpu->max_ctx = max_ctx;
+    gpu->layers = new gpu_layer[config->n_layers];
+    return gpu;
+}
+
+}  // namespace
+
+/* ------------------------------------------------------------ public API -- */
+
+extern "C" int llama_gpu_device_count(void) {
+    int devices = 0;
+    if (cudaGetDeviceCount(&devices) != cudaSuccess) return 0;
+    return devices;
+}
+
+extern "C" void llama_gpu_device_name(char* name, size_t name_bytes) {
+    cudaDeviceProp prop;
+    if (cudaGetDeviceProperties(&prop, 0) == cudaSuccess) snprintf(name, name_bytes, "%s", prop.name);
+    else snprintf(name, name_bytes, "unknown device");
+}
+
+extern "C" void llama_gpu_free(llama_gpu* gpu) {
+    if (!gpu) return;
+    for (int l = 0; gpu->layers && l < gpu->config.n_layers; l++) {
+        gpu_layer& L = gpu->layers[l];
+        cudaFree(L.attn_norm);
+        cudaFree(L.ffn_norm);
+        free_linear(&L.qkv);
+        free_linear(&L.out);
+        free_linear(&L.gate_up);
+        free_linear(&L.down);
+    }
+    delete[] gpu->layers;
+    if (gpu->output != gpu->embedding) cudaFree(gpu->output);
+    cudaFree(gpu->embedding);
+    cudaFree(gpu->output_norm);
+    cudaFree(gpu->key_cache);
+    cudaFree(gpu->value_cache);
+    cudaFree(gpu->x);
+    cudaFree(gpu->xn);
+    cudaFree(gpu->qkv);
+    cudaFree(gpu->attn);
+    cudaFree(gpu->proj);
+    cudaFree(gpu->gate_up);
+    cudaFree(gpu->hidden);
+    cudaFree(gpu->logits);
+    cudaFree(gpu->tokens);
+    cudaFree(gpu->seq_ids);
+    cudaFree(gpu->positions);
+    cudaFree(gpu->workspace);
+    if (gpu->cublas) cublasDestroy(gpu->cublas);
+    if (gpu->stream) cudaStreamDestroy(gpu->stream);
+    delete gpu;
+}
+
+static int upload_model(llama_gpu* gpu, const llama_model* model, char* error, size_t error_bytes) {
+    const llama_config& c = model->config;
+    size_t embedding = (size_t)c.vocab_size * c.dim;
+    if (upload_half(&gpu->embedding, model->embedding, embedding, error, error_bytes)) return -1;
+    if (c.tied_embeddings) gpu->output = gpu->embedding;
+    else if (upload_half(&gpu->output, model->output, embedding, error, error_bytes)) return -1;
+    if (upload_float(&gpu->output_norm, model->output_norm, c.dim, error, error_bytes)) return -1;
+    for (int l = 0; l < c.n_layers; l++) {
+        const llama_layer& L = model->layers[l];
+        gpu_layer& G = gpu->layers[l];
+        if (upload_float(&G.attn_norm, L.attn_norm, c.dim, error, error_bytes) ||
+            upload_float(&G.ffn_norm, L.ffn_norm, c.dim, error, error_bytes) ||
+            upload_linear(&G.qkv, &L.qkv, error, error_bytes) || upload_linear(&G.out, &L.out, error, error_bytes) ||
+            upload_linear(&G.gate_up, &L.gate_up, error, error_bytes) ||
+            upload_linear(&G.down, &L.down, error, error_bytes))
+            return -1;
+    }
+    return allocate_runtime(gpu, error, error_bytes);
+}
+
+extern "C" llama_gpu* llama_gpu_create(const llama_model* model, int max_rows, int max_seqs, int max_ctx, char* error,
+                                       size_t error_bytes) {
+    llama_gpu* gpu = new_gpu(&model->config, max_rows, max_seqs, max_ctx, error, error_bytes);
+    if (!gpu) return nullptr;
+    if (upload_model(gpu, model, error, error_bytes) != 0) {
+        llama_gpu_free(gpu);
+        return nullptr;
+    }
+    return gpu;
+}
+
+static int synthesize(llama_gpu* gpu, int use_int4, int group_size, char* error, size_t error_bytes) {
+    const llama_config& c = gpu->config;
+    int q_dim = c.n_heads * c.head_dim, kv_dim = c.n_kv_heads * c.head_dim;
+    uint64_t seed = 1;
+    size_t embedding = (size_t)c.vocab_size * c.dim;
+    if (device_alloc(&gpu->embedding, embedding, error, error_bytes)) return -1;
+    fill_half_kernel<<<grid_for(embedding), kThreads>>>(gpu->embedding, embedding, 0.05f, seed++);
+    if (c.tied_embeddings) {
+        gpu->output = gpu->embedding;
+    } else {
+        if (device_alloc(&gpu->output, embedding, error, error_bytes)) return -1;
+        fill_half_kernel<<<grid_for(embedding), kThreads>>>(gpu->output, embedding, 0.05f, seed++);
+    }
+    if (device_alloc(&gpu->output_norm, c.dim, error, error_bytes)) return -1;
+    fill_float_kernel<<<grid_for(c.dim), kThreads>>>(gpu->output_norm, c.dim, 1.0f);
+    for (int l = 0; l < c.n_layers; l++) {
+        gpu_layer& G = gpu->layers[l];
+        if (device_alloc(&G.attn_norm, c.dim, error, error_bytes) || device_alloc(&G.ffn_norm, c.dim, error, error_bytes))
+            return -1;
+        fill_float_kernel<<<grid_for(c.dim), kThreads>>>(G.attn_norm, c.dim, 1.0f);
+        fill_float_kernel<<<grid_for(c.dim), kThreads>>>(G.ffn_norm, c.dim, 1.0f);
+        gpu_linear* ls[4] = {&G.qkv, &G.out, &G.gate_up, &G.down};
+        int ns[4] = {q_dim + 2 * kv_dim, c.dim, 2 * c.ffn_dim, c.dim};
+        int ks[4] = {c.dim, q_dim, c.dim, c.ffn_dim};
+        for (int j = 0; j < 4; j++) {
+            gpu_linear* g = ls[j];
+            g->n = ns[j];
+            g->k = ks[j];
+            /* amplitude ~ 1/sqrt(k) keeps activations of order one through the layers */
+            float amplitude = 1.7f / sqrtf((float)g->k);
+            if (!use_int4) {
+                if (device_alloc(&g->weight, (size_t)g->n * g->k, error, error_bytes)) return -1;
+                fill_half_kernel<<<grid_for((size_t)g->n * g->k), kThreads>>>(g->weight, (size_t)g->n * g->k,
+                                                                              amplitude, seed++);
+                continue;
+            }
+            int group = group_size > 0 ? group_size : g->k;
+            marlin_status s = marlin_check_weight_shape(g->k, g->n, group);
+            if (s != MARLIN_STATUS_SUCCESS) {
+                set_error(error, error_bytes, "int4 layer %d x %d, group %d: %s", g->n, g->k, group,
+                          marlin_status_string(s));
+                return -1;
+            }
+            g->group_size = group;
+            size_t words = marlin_packed_weight_bytes(g->k, g->n) / 4;
+            size_t scales = marlin_scale_bytes(g->k, g->n, group) / 2;
+            CUDA_TRY(cudaMalloc(&g->packed_b, words * 4));
+            CUDA_TRY(cudaMalloc(&g->packed_scales, scales * 2));
+            fill_words_kernel<<<grid_for(words), kThreads>>>((uint32_t*)g->packed_b, words, seed++);
+            /* scales in (-a/8, a/8): |(q - 8) * s| <= a; their sign does not matter to the kernel */
+            fill_half_kernel<<<grid_for(scales), kThreads>>>((__half*)g->packed_scales, scales, amplitude / 8.0f,
+                                                             seed++);
+        }
+    }
+    CUDA_TRY(cudaGetLastError());
+    if (allocate_runtime(gpu, error, error_bytes)) return -1;
+    size_t cache = (size_t)c.n_layers * gpu->max_seqs * gpu->max_ctx * kv_dim;
+    fill_half_kernel<<<grid_for(cache), kThreads>>>(gpu->key_cache, cache, 1.0f, seed++);
+    fill_half_kernel<<<grid_for(cache), kThreads>>>(gpu->value_cache, cache, 1.0f, seed++);
+    CUDA_TRY(cudaGetLastError());
+    CUDA_TRY(cudaDeviceSynchronize());
+    return 0;
+}
+
+extern "C" llama_gpu* llama_gpu_create_synthetic(const llama_config* config, int use_int4, int group_size, int max_rows,
+                                                 int max_seqs, int max_ctx, char* error, size_t error_bytes) {
+    llama_gpu* gpu = new_gpu(config, max_rows, max_seqs, max_ctx, error, error_bytes);
+    if (!gpu) return nullptr;
+    if (synthesize(gpu, use_int4, group_size, error, error_bytes) != 0) {
+        llama_gpu_free(gpu);
+        return nullptr;
+    }
+    return gpu;
+}
+
+extern "C" size_t llama_gpu_weight_bytes(const llama_gpu* gpu) { return gpu->weight_bytes; }
+
+extern "C" int llama_gpu_forward(llama_gpu* gpu, const int* tokens, const int* seq_ids, const int* positions,
+                                 int n_rows, float* logits, char* error, size_t error_bytes) {
+    const llama_config& c = gpu->config;
+    if (n_rows < 1 || n_rows > gpu->max_rows) {
+        set_error(error, error_bytes, "%d rows (1..%d allowed)", n_rows, gpu->max_rows);
+        return -1;
+    }
+    for (int r = 0; r < n_rows; r++)
+        if (tokens[r] < 0 || tokens[r] >= c.vocab_size || seq_ids[r] < 0 || seq_ids[r] >= gpu->max_seqs ||
+            positions[r] < 0 || positions[r] >= gpu->max_ctx) {
+            set_error(error, error_bytes, "row %d: token %d, sequence %d or position %d out of range", r, tokens[r],
+                      seq_ids[r], positions[r]);
+            return -1;
+        }
+    cudaStream_t s = gpu->stream;
+    CUDA_TRY(cudaMemcpyAsync(gpu->tokens, tokens, n_rows * sizeof(int), cudaMemcpyHostToDevice, s));
+    CUDA_TRY(cudaMemcpyAsync(gpu->seq_ids, seq_ids, n_rows * sizeof(int), cudaMemcpyHostToDevice, s));
+    CUDA_TRY(cudaMemcpyAsync(gpu->positions, positions, n_rows * sizeof(int), cudaMemcpyHostToDevice, s));
+    size_t residual = (size_t)n_rows * c.dim;
+    embed_kernel<<<n_rows, kThreads, 0, s>>>(gpu->embedding, gpu->tokens, gpu->x, c.dim);
+    CUDA_TRY(cudaGetLastError());
+    for (int l = 0; l < c.n_layers; l++) {
+        const gpu_layer& L = gpu->layers[l];
+        rmsnorm_kernel<<<n_rows, kThreads, 0, s>>>(gpu->x, L.attn_norm, gpu->xn, c.dim, c.norm_eps);
+        CUDA_TRY(cudaGetLastError());
+        if (run_linear(gpu, L.qkv, gpu->xn, gpu->qkv, n_rows, error, error_bytes)) return -1;
+        rope_cache_kernel<<<n_rows, kThreads, 0, s>>>(gpu->qkv, gpu->seq_ids, gpu->positions, gpu->key_cache,
+                                                      gpu->value_cache, c.n_heads, c.n_kv_heads, c.head_dim,
+                                                      c.rope_dim, c.rope_base, gpu->max_seqs, gpu->max_ctx, l);
+        CUDA_TRY(cudaGetLastError());
+        attention_kernel<<<dim3(c.n_heads, n_rows), kAttentionThreads, gpu->attention_shared_bytes, s>>>(
+            gpu->qkv, gpu->seq_ids, gpu->positions, gpu->key_cache, gpu->value_cache, gpu->attn, c.n_heads,
+            c.n_kv_heads, c.head_dim, gpu->max_seqs, gpu->max_ctx, l);
+        CUDA_TRY(cudaGetLastError());
+        if (run_linear(gpu, L.out, gpu->attn, gpu->proj, n_rows, error, error_bytes)) return -1;
+        residual_add_kernel<<<grid_for(residual), kThreads, 0, s>>>(gpu->x, gpu->proj, residual);
+        rmsnorm_kernel<<<n_rows, kThreads, 0, s>>>(gpu->x, L.ffn_norm, gpu->xn, c.dim, c.norm_eps);
+        CUDA_TRY(cudaGetLastError());
+        if (run_linear(gpu, L.gate_up, gpu->xn, gpu->gate_up, n_rows, error, error_bytes)) return -1;
+        swiglu_kernel<<<n_rows, kThreads, 0, s>>>(gpu->gate_up, gpu->hidden, c.ffn_dim);
+        CUDA_TRY(cudaGetLastError());
+        if (run_linear(gpu, L.down, gpu->hidden, gpu->proj, n_rows, error, error_bytes)) return -1;
+        residual_add_kernel<<<grid_for(residual), kThreads, 0, s>>>(gpu->x, gpu->proj, residual);
+        CUDA_TRY(cudaGetLastError());
+    }
+    rmsnorm_kernel<<<n_rows, kThreads, 0, s>>>(gpu->x, gpu->output_norm, gpu->xn, c.dim, c.norm_eps);
+    CUDA_TRY(cudaGetLastError());
+    const float alpha = 1.0f, beta = 0.0f;
+    cublasStatus_t cs = cublasGemmEx(gpu->cublas, CUBLAS_OP_T, CUBLAS_OP_N, c.vocab_size, n_rows, c.dim, &alpha,
+                                     gpu->output, CUDA_R_16F, c.dim, gpu->xn, CUDA_R_16F, c.dim, &beta, gpu->logits,
+                                     CUDA_R_32F, c.vocab_size, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    if (cs != CUBLAS_STATUS_SUCCESS) {
+        set_error(error, error_bytes, "cublasGemmEx (output head) failed: status %d", (int)cs);
+        return -1;
+    }
+    if (logits)
+        CUDA_TRY(cudaMemcpyAsync(logits, gpu->logits, (size_t)n_rows * c.vocab_size * sizeof(float),
+                                 cudaMemcpyDeviceToHost, s));
+    CUDA_TRY(cudaStreamSynchronize(s));
+    return 0;
+}

@@ -1,0 +1,46 @@
+/*
+ * gpu.h: the GPU backend: the same forward pass as cpu.h on a CUDA device.
+ *
+ * Activations are fp16 between layers (the residual stream stays fp32);
+ * dense linear layers run through cuBLAS (cublasGemmEx, fp16 in, fp32
+ * accumulate), int4 layers through marlin_matmul; RMSNorm, RoPE, attention
+ * over an fp16 KV cache, SwiGLU and the residual adds are small kernels in
+ * gpu.cu. The output head stays fp16 (cuBLAS) and its logits are fp32.
+ */
+#ifndef LLAMA_GPU_H
+#define LLAMA_GPU_H
+
+#include <stddef.h>
+
+#include "model.h"
+
+typedef struct llama_gpu llama_gpu;
+
+/* Number of CUDA devices (0 when there is none or the driver is missing). */
+int llama_gpu_device_count(void);
+/* Name of device 0 into `name`. */
+void llama_gpu_device_name(char* name, size_t name_bytes);
+
+/* Uploads `model` (its int4 layers as packed Marlin data, dense ones as fp16)
+ * and allocates caches for max_seqs sequences of max_ctx positions and
+ * scratch for max_rows rows per call. NULL + error on failure. */
+llama_gpu* llama_gpu_create(const llama_model* model, int max_rows, int max_seqs, int max_ctx, char* error,
+                            size_t error_bytes);
+
+/* Synthetic weights with the shapes of `config`, drawn on the device:
+ * int4 (packed codes and scales, group_size) when use_int4, else fp16. For
+ * speed measurements only; the KV cache is filled with random values too. */
+llama_gpu* llama_gpu_create_synthetic(const llama_config* config, int use_int4, int group_size, int max_rows,
+                                      int max_seqs, int max_ctx, char* error, size_t error_bytes);
+
+/* As llama_cpu_forward. logits: host, n_rows x vocab fp32, or NULL (the
+ * head still runs on the device; nothing is copied). Synchronous. */
+int llama_gpu_forward(llama_gpu* gpu, const int* tokens, const int* seq_ids, const int* positions, int n_rows,
+                      float* logits, char* error, size_t error_bytes);
+
+/* Bytes of weights on the device (what one decode step reads). */
+size_t llama_gpu_weight_bytes(const llama_gpu* gpu);
+
+void llama_gpu_free(llama_gpu* gpu);
+
+#endif /* LLAMA_GPU_H */
