@@ -167,7 +167,16 @@ int llama_tokenizer_init(llama_tokenizer* tok, int n_vocab, const char* const* t
         while (split < len && m[split] != ' ') split++;
         int left = split < len ? llama_tokenizer_find(tok, m, split) : -1;
         int right = split < len ? llama_tokenizer_find(tok, m + split + 1, len - split - 1) : -1;
-        if (left < 0 || right < 0) {
+        int merged = -1;
+        if (left >= 0 && right >= 0) {
+            /* the pair's concatenation must itself be a token */
+            char joined[8200];
+            size_t ll = (size_t)tok->token_lengths[left], rl = (size_t)tok->token_lengths[right];
+            memcpy(joined, tok->tokens[left], ll);
+            memcpy(joined + ll, tok->tokens[right], rl);
+            merged = llama_tokenizer_find(tok, joined, ll + rl);
+        }
+        if (merged < 0) {
             snprintf(error, error_bytes, "tokenizer: merge %d ('%.*s') names a token not in the vocabulary", r,
                      (int)(len > 64 ? 64 : len), m);
             llama_tokenizer_free(tok);
