@@ -1,0 +1,280 @@
+/*
+ * test_llama_forward.c: marlin-llama's CPU forward pass, int4 layers and
+ * checkpoint format, on a tiny random Llama (2 layers, dim 128, 4 heads
+ * sharing 2 KV heads).
+ *
+ * Checks: (1) the threaded fp32 forward against a naive double-precision
+ * forward written here from the definitions (RMSNorm, adjacent-pair RoPE,
+ * grouped-query causal attention, SwiGLU, tied head); (2) batched decoding
+ * (rows of several sequences at different positions in one call) equals
+ * running each sequence alone; (3) an int4 layer's CPU weights multiply like
+ * marlin_reference_matmul on the same packed data; (4) the checkpoint round
+ * trip gives identical logits, and truncated / corrupted checkpoints are
+ * refused with a message.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cpu.h"
+#include "marlin.h"
+#include "model.h"
+#include "quantize.h"
+#include "test_util.h"
+
+static void random_model(llama_model* m) {
+    llama_config c = {0};
+    c.n_layers = 2; c.dim = 128; c.ffn_dim = 256; c.n_heads = 4; c.n_kv_heads = 2; c.head_dim = 32;
+    c.rope_dim = 32; c.vocab_size = 192; c.max_context = 64; c.rope_base = 10000.0f; c.norm_eps = 1e-5f;
+    c.tied_embeddings = 1;
+    if (llama_model_allocate(m, &c) != 0) exit(2);
+    for (size_t i = 0; i < (size_t)c.vocab_size * c.dim; i++) m->embedding[i] = test_rand_normal();
+    for (int i = 0; i < c.dim; i++) m->output_norm[i] = 1.0f + 0.2f * test_rand_uniform();
+    for (int l = 0; l < c.n_layers; l++) {
+        llama_layer* L = &m->layers[l];
+        for (int i = 0; i < c.dim; i++) {
+            L->attn_norm[i] = 1.0f + 0.2f * test_rand_uniform();
+            L->ffn_norm[i] = 1.0f + 0.2f * test_rand_uniform();
+        }
+        llama_linear* ls[4] = {&L->qkv, &L->out, &L->gate_up, &L->down};
+        for (int j = 0; j < 4; j++)
+            for (size_t i = 0; i < (size_t)ls[j]->n * ls[j]->k; i++)
+                ls[j]->weight[i] = test_rand_normal() / sqrtf((float)ls[j]->k);
+    }
+}
+
+/* y[n] = W[n x k] . x[k] in double */
+static void ref_linear(const llama_linear* l, const double* x, double* y) {
+    for (int j = 0; j < l->n; j++) {
+        double s = 0;
+        for (int i = 0; i < l->k; i++) s += (double)l->weight[(size_t)j * l->k + i] * x[i];
+        y[j] = s;
+    }
+}
+static void ref_rmsnorm(const double* x, const float* w, double* out, int dim, double eps) {
+    double s = 0;
+    for (int i = 0; i < dim; i++) s += x[i] * x[i];
+    double inv = 1.0 / sqrt(s / dim + eps);
+    for (int i = 0; i < dim; i++) out[i] = x[i] * inv * w[i];
+}
+static void ref_rope(double* v, int heads, int hd, int rope_dim, double base, int pos) {
+    for (int h = 0; h < heads; h++)
+        for (int i = 0; i < rope_dim / 2; i++) {
+            double a = pos * pow(base, -2.0 * i / rope_dim), c = cos(a), s = sin(a);
+            double* p = v + h * hd + 2 * i;
+            double x0 = p[0], x1 = p[1];
+            p[0] = x0 * c - x1 * s;
+            p[1] = x0 * s + x1 * c;
+        }
+}
+
+/* Logits (T x vocab) of one sequence, every position, in double. */
+static void reference_forward(const llama_model* m, const int* tokens, int T, double* logits) {
+    const llama_config* c = &m->config;
+    int d = c->dim, hd = c->head_dim, qd = c->n_heads * hd, kvd = c->n_kv_heads * hd, f = c->ffn_dim;
+    double* x = calloc((size_t)T * d, sizeof(double));
+    double* keys = calloc((size_t)T * kvd, sizeof(double));
+    double* values = calloc((size_t)T * kvd, sizeof(double));
+    double *xn = malloc(d * sizeof(double)), *qkv = malloc((qd + 2 * kvd) * sizeof(double));
+    double *att = malloc(qd * sizeof(double)), *proj = malloc(d * sizeof(double));
+    double *gu = malloc(2 * f * sizeof(double)), *h = malloc(f * sizeof(double)), *sc = malloc(T * sizeof(double));
+    double* q_all = malloc((size_t)T * qd * sizeof(double));
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < d; i++) x[(size_t)t * d + i] = m->embedding[(size_t)tokens[t] * d + i];
+    for (int l = 0; l < c->n_layers; l++) {
+        const llama_layer* L = &m->layers[l];
+        for (int t = 0; t < T; t++) {
+            ref_rmsnorm(x + (size_t)t * d, L->attn_norm, xn, d, c->norm_eps);
+            ref_linear(&L->qkv, xn, qkv);
+            ref_rope(qkv, c->n_heads, hd, c->rope_dim, c->rope_base, t);
+            ref_rope(qkv + qd, c->n_kv_heads, hd, c->rope_dim, c->rope_base, t);
+            memcpy(q_all + (size_t)t * qd, qkv, qd * sizeof(double));
+            memcpy(keys + (size_t)t * kvd, qkv + qd, kvd * sizeof(double));
+            memcpy(values + (size_t)t * kvd, qkv + qd + kvd, kvd * sizeof(double));
+        }
+        for (int t = 0; t < T; t++) {
+            for (int hh = 0; hh < c->n_heads; hh++) {
+                int kvh = hh / (c->n_heads / c->n_kv_heads);
+                const double* q = q_all + (size_t)t * qd + hh * hd;
+                double mx = -1e300, tot = 0;
+                for (int u = 0; u <= t; u++) {
+                    double s = 0;
+                    for (int i = 0; i < hd; i++) s += q[i] * keys[(size_t)u * kvd + kvh * hd + i];
+                    sc[u] = s / sqrt((double)hd);
+                    if (sc[u] > mx) mx = sc[u];
+                }
+                for (int u = 0; u <= t; u++) tot += (sc[u] = exp(sc[u] - mx));
+                for (int i = 0; i < hd; i++) {
+                    double a = 0;
+                    for (int u = 0; u <= t; u++) a += sc[u] / tot * values[(size_t)u * kvd + kvh * hd + i];
+                    att[hh * hd + i] = a;
+                }
+            }
+            ref_linear(&L->out, att, proj);
+            for (int i = 0; i < d; i++) x[(size_t)t * d + i] += proj[i];
+            ref_rmsnorm(x + (size_t)t * d, L->ffn_norm, xn, d, c->norm_eps);
+            ref_linear(&L->gate_up, xn, gu);
+            for (int i = 0; i < f; i++) h[i] = gu[i] / (1.0 + exp(-gu[i])) * gu[f + i];
+            ref_linear(&L->down, h, proj);
+            for (int i = 0; i < d; i++) x[(size_t)t * d + i] += proj[i];
+        }
+    }
+    for (int t = 0; t < T; t++) {
+        ref_rmsnorm(x + (size_t)t * d, m->output_norm, xn, d, c->norm_eps);
+        for (int v = 0; v < c->vocab_size; v++) {
+            double s = 0;
+            for (int i = 0; i < d; i++) s += (double)m->output[(size_t)v * d + i] * xn[i];
+            logits[(size_t)t * c->vocab_size + v] = s;
+        }
+    }
+    free(x); free(keys); free(values); free(xn); free(qkv); free(att); free(proj); free(gu); free(h); free(sc);
+    free(q_all);
+}
+
+static double max_relative_error(const float* got, const double* want, size_t n) {
+    double worst = 0, scale = 0;
+    for (size_t i = 0; i < n; i++) scale = fmax(scale, fabs(want[i]));
+    for (size_t i = 0; i < n; i++) worst = fmax(worst, fabs(got[i] - want[i]));
+    return worst / (scale > 0 ? scale : 1);
+}
+
+enum { T = 24 };
+
+/* Logits of the model on `tokens` of one sequence (seq 0, positions 0..T-1). */
+static void cpu_logits(llama_cpu_state* st, const int* tokens, int n, float* logits) {
+    int seq[T] = {0}, pos[T];
+    for (int i = 0; i < n; i++) pos[i] = i;
+    llama_cpu_forward(st, tokens, seq, pos, n, logits);
+}
+
+int main(void) {
+    test_seed("test_llama_forward");
+    llama_model m;
+    random_model(&m);
+    const llama_config* c = &m.config;
+    int V = c->vocab_size;
+    llama_thread_pool* pool = llama_thread_pool_create(2);
+    llama_cpu_state st;
+    test_check(llama_cpu_state_init(&st, &m, pool, 3 * T, 3, T) == 0, "CPU state allocated");
+    int tokens[3][T];
+    for (int s = 0; s < 3; s++)
+        for (int t = 0; t < T; t++) tokens[s][t] = test_rand_int(V);
+    float* logits = malloc(sizeof(float) * 3 * T * V);
+    double* want = malloc(sizeof(double) * T * V);
+
+    /* (1) against the double-precision reference */
+    cpu_logits(&st, tokens[0], T, logits);
+    reference_forward(&m, tokens[0], T, want);
+    double err = max_relative_error(logits, want, (size_t)T * V);
+    test_check(err < 1e-4, "fp32 forward vs double reference: max error %.2e of the largest logit", err);
+
+    /* (2) batched decoding == each sequence alone */
+    float* alone = malloc(sizeof(float) * 3 * T * V);
+    for (int s = 0; s < 3; s++) cpu_logits(&st, tokens[s], T, alone + (size_t)s * T * V);
+    /* prefill the first 8 positions of each, then decode rows of all three together */
+    int rows_tok[3 * T], rows_seq[3 * T], rows_pos[3 * T];
+    int n = 0;
+    for (int s = 0; s < 3; s++)
+        for (int t = 0; t < 8; t++) { rows_tok[n] = tokens[s][t]; rows_seq[n] = s; rows_pos[n] = t; n++; }
+    llama_cpu_forward(&st, rows_tok, rows_seq, rows_pos, n, logits);
+    double worst = 0;
+    for (int step = 8; step < T; step++) {
+        for (int s = 0; s < 3; s++) { rows_tok[s] = tokens[s][step]; rows_seq[s] = s; rows_pos[s] = step; }
+        llama_cpu_forward(&st, rows_tok, rows_seq, rows_pos, 3, logits);
+        for (int s = 0; s < 3; s++)
+            for (int v = 0; v < V; v++)
+                worst = fmax(worst, fabs(logits[(size_t)s * V + v] - alone[((size_t)s * T + step) * V + v]));
+    }
+    test_check(worst < 1e-4, "batched decode of 3 sequences == each alone (max diff %.2e)", worst);
+    int bad_tok = V, zero = 0;
+    test_check(llama_cpu_forward(&st, &bad_tok, &zero, &zero, 1, logits) != 0, "token out of range refused");
+    int bad_pos = T;
+    test_check(llama_cpu_forward(&st, &zero, &zero, &bad_pos, 1, logits) != 0, "position out of range refused");
+
+    /* (3) int4: RTN through the quantizer, then CPU weights vs marlin_reference_matmul */
+    llama_quantize_options q;
+    memset(&q, 0, sizeof(q));
+    q.method = LLAMA_QUANTIZE_RTN;
+    q.group_size = 64;
+    char error[512] = "";
+    test_check(llama_quantize_model(&m, &q, pool, error, sizeof(error)) == 0, "RTN quantization of every layer (%s)", error);
+    const llama_linear* l = &m.layers[1].gate_up;
+    int rows = 3;
+    uint16_t* a16 = malloc(sizeof(uint16_t) * rows * l->k);
+    float* a32 = malloc(sizeof(float) * rows * l->k);
+    float* ref = malloc(sizeof(float) * rows * l->n);
+    float* ours = malloc(sizeof(float) * rows * l->n);
+    for (int i = 0; i < rows * l->k; i++) {
+        a16[i] = marlin_fp16_from_float(test_rand_normal());
+        a32[i] = marlin_fp16_to_float(a16[i]);
+    }
+    marlin_status s = marlin_reference_matmul(a16, l->packed_b, l->packed_scales, rows, l->n, l->k, l->group_size, ref);
+    llama_cpu_matmul(pool, a32, l->weight, ours, rows, l->n, l->k);
+    double diff = 0, mag = 0;
+    for (int i = 0; i < rows * l->n; i++) {
+        diff = fmax(diff, fabs(ours[i] - ref[i]));
+        mag = fmax(mag, fabs(ref[i]));
+    }
+    test_check(s == MARLIN_STATUS_SUCCESS && l->group_size == 64 && diff <= 1e-5 * mag,
+               "int4 CPU weights == marlin_reference_matmul on the packed data (max diff %.2e of %.2e)", diff, mag);
+
+    /* (4) checkpoint round trip */
+    char path[] = "/tmp/test_llama_ckpt_XXXXXX";
+    int fd = mkstemp(path);
+    if (fd >= 0) close(fd);
+    test_check(llama_checkpoint_save(&m, path, error, sizeof(error)) == 0, "checkpoint saved (%s)", error);
+    llama_model loaded;
+    int rc = llama_model_load(path, &loaded, error, sizeof(error));
+    test_check(rc == 0, "checkpoint loads by its magic number (%s)", error);
+    if (rc == 0) {
+        llama_cpu_state st2;
+        llama_cpu_state_init(&st2, &loaded, pool, T, 1, T);
+        cpu_logits(&st, tokens[1], T, logits);
+        cpu_logits(&st2, tokens[1], T, alone);
+        test_check(loaded.layers[0].down.group_size == 64 && memcmp(logits, alone, sizeof(float) * T * V) == 0,
+                   "reloaded int4 model gives identical logits");
+        llama_cpu_state_free(&st2);
+        llama_model_free(&loaded);
+    }
+    FILE* f = fopen(path, "rb");
+    fseek(f, 0, SEEK_END);
+    long size = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    unsigned char* bytes = malloc((size_t)size);
+    size_t got = fread(bytes, 1, (size_t)size, f);
+    fclose(f);
+    int refused = 0;
+    for (int i = 0; i < 10; i++) {
+        long cut = (long)(test_rand_u64() % (uint64_t)size);
+        f = fopen(path, "wb");
+        fwrite(bytes, 1, (size_t)cut, f);
+        fclose(f);
+        char msg[512] = "";
+        if (llama_model_load(path, &loaded, msg, sizeof(msg)) != 0 && msg[0]) refused++;
+        else llama_model_free(&loaded);
+    }
+    test_check(got == (size_t)size && refused == 10, "%d of 10 truncated checkpoints refused", refused);
+    bytes[4] = 99; /* version */
+    f = fopen(path, "wb");
+    fwrite(bytes, 1, (size_t)size, f);
+    fclose(f);
+    rc = llama_model_load(path, &loaded, error, sizeof(error));
+    test_check(rc != 0 && strstr(error, "version"), "unknown checkpoint version refused: %s", error);
+    bytes[4] = 1;
+    bytes[8] = 0xFF; /* n_layers = 255 + ...: the layer count is now wrong */
+    bytes[11] = 0x7F;
+    f = fopen(path, "wb");
+    fwrite(bytes, 1, (size_t)size, f);
+    fclose(f);
+    rc = llama_model_load(path, &loaded, error, sizeof(error));
+    test_check(rc != 0, "corrupt config refused: %s", error);
+    unlink(path);
+    free(bytes);
+    free(a16); free(a32); free(ref); free(ours);
+    free(logits); free(want); free(alone);
+    llama_cpu_state_free(&st);
+    llama_thread_pool_free(pool);
+    llama_model_free(&m);
+    return test_finish();
+}
