@@ -36,7 +36,7 @@ int llama_tokenizer_find(const llama_tokenizer* tok, const char* text, size_t le
     }
 }
 
-static int merge_rank(const llama_tokenizer* tok, int left, int right) {
+int llama_tokenizer_merge_rank(const llama_tokenizer* tok, int left, int right) {
     int64_t key = ((int64_t)left << 32) | (uint32_t)right;
     size_t mask = tok->merge_table_size - 1;
     for (size_t slot = hash_pair(key) & mask;; slot = (slot + 1) & mask) {
@@ -184,7 +184,7 @@ int llama_tokenizer_init(llama_tokenizer* tok, int n_vocab, const char* const* t
         }
         tok->merge_left[r] = left;
         tok->merge_right[r] = right;
-        if (merge_rank(tok, left, right) >= 0) continue; /* the first (lowest) rank wins */
+        if (llama_tokenizer_merge_rank(tok, left, right) >= 0) continue; /* the first (lowest) rank wins */
         int64_t key = ((int64_t)left << 32) | (uint32_t)right;
         size_t mask = tok->merge_table_size - 1;
         size_t slot = hash_pair(key) & mask;
@@ -332,7 +332,7 @@ static void bpe_piece(const char* piece, size_t bytes, void* context) {
         size_t best = 0;
         for (size_t i = 0; i + 1 < n; i++) {
             if (sym[i] < 0 || sym[i + 1] < 0) continue;
-            int r = merge_rank(tok, sym[i], sym[i + 1]);
+            int r = llama_tokenizer_merge_rank(tok, sym[i], sym[i + 1]);
             if (r >= 0 && (best_rank < 0 || r < best_rank)) { best_rank = r; best = i; }
         }
         if (best_rank < 0) break;

@@ -58,6 +58,9 @@ void llama_tokenizer_free(llama_tokenizer* tok);
 /* Token id of an exact token string, -1 if none. */
 int llama_tokenizer_find(const llama_tokenizer* tok, const char* text, size_t length);
 
+/* Rank of the merge rule for the adjacent pair (left, right), -1 if none. */
+int llama_tokenizer_merge_rank(const llama_tokenizer* tok, int left, int right);
+
 /*
  * Encodes `length` bytes of text. With parse_special, literal special-token
  * strings become their ids. Writes at most max_ids ids; returns the number of
