@@ -15,3 +15,6 @@ set_tests_properties(llama_fetch_model PROPERTIES FIXTURES_SETUP llama_model LAB
 marlin_add_test(test_llama_model test_llama_model.c)
 target_link_libraries(test_llama_model PRIVATE marlin_llama_core)
 set_tests_properties(test_llama_model PROPERTIES FIXTURES_REQUIRED llama_model LABELS model)
+marlin_add_test(test_llama_gpu test_llama_gpu.c)
+target_link_libraries(test_llama_gpu PRIVATE marlin_llama_core)
+set_tests_properties(test_llama_gpu PROPERTIES LABELS gpu)

@@ -21,28 +21,8 @@
 #include "marlin.h"
 #include "model.h"
 #include "quantize.h"
+#include "test_llama_common.h"
 #include "test_util.h"
-
-static void random_model(llama_model* m) {
-    llama_config c = {0};
-    c.n_layers = 2; c.dim = 128; c.ffn_dim = 256; c.n_heads = 4; c.n_kv_heads = 2; c.head_dim = 32;
-    c.rope_dim = 32; c.vocab_size = 192; c.max_context = 64; c.rope_base = 10000.0f; c.norm_eps = 1e-5f;
-    c.tied_embeddings = 1;
-    if (llama_model_allocate(m, &c) != 0) exit(2);
-    for (size_t i = 0; i < (size_t)c.vocab_size * c.dim; i++) m->embedding[i] = test_rand_normal();
-    for (int i = 0; i < c.dim; i++) m->output_norm[i] = 1.0f + 0.2f * test_rand_uniform();
-    for (int l = 0; l < c.n_layers; l++) {
-        llama_layer* L = &m->layers[l];
-        for (int i = 0; i < c.dim; i++) {
-            L->attn_norm[i] = 1.0f + 0.2f * test_rand_uniform();
-            L->ffn_norm[i] = 1.0f + 0.2f * test_rand_uniform();
-        }
-        llama_linear* ls[4] = {&L->qkv, &L->out, &L->gate_up, &L->down};
-        for (int j = 0; j < 4; j++)
-            for (size_t i = 0; i < (size_t)ls[j]->n * ls[j]->k; i++)
-                ls[j]->weight[i] = test_rand_normal() / sqrtf((float)ls[j]->k);
-    }
-}
 
 /* y[n] = W[n x k] . x[k] in double */
 static void ref_linear(const llama_linear* l, const double* x, double* y) {
@@ -151,7 +131,7 @@ static void cpu_logits(llama_cpu_state* st, const int* tokens, int n, float* log
 int main(void) {
     test_seed("test_llama_forward");
     llama_model m;
-    random_model(&m);
+    test_llama_random_model(&m);
     const llama_config* c = &m.config;
     int V = c->vocab_size;
     llama_thread_pool* pool = llama_thread_pool_create(2);

@@ -1,0 +1,132 @@
+/*
+ * test_llama_gpu.c: marlin-llama's GPU backend against its CPU backend.
+ * Prints "SKIPPED: no CUDA device" and passes where there is no GPU.
+ *
+ * For fp16 weights (cuBLAS) and int4 Marlin weights (marlin_matmul), the GPU
+ * logits must match the CPU logits: relative error (max |gpu - cpu| / max
+ * |cpu|) < 1e-2, and the same top-1 token on >= 99% of positions.
+ *   1. a tiny random model (2 layers, dim 128), a 24-token prompt, then
+ *      batched decoding of 3 sequences;
+ *   2. the real SmolLM2-135M (models/SmolLM2-135M-Instruct.gguf or
+ *      MARLIN_LLAMA_MODEL; FAILS if missing: run scripts/fetch_model.sh) on
+ *      the first 256 tokens of carroll-alice, original weights and int4 g128 RTN.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cpu.h"
+#include "gpu.h"
+#include "model.h"
+#include "quantize.h"
+#include "test_llama_common.h"
+#include "test_util.h"
+
+/* Runs the same rows on both backends and compares every logit. */
+static void compare_backends(const llama_model* m, const int* tokens, const int* seq_ids, const int* positions,
+                             int n_rows, int max_seqs, int max_ctx, const char* what) {
+    int V = m->config.vocab_size;
+    llama_thread_pool* pool = llama_thread_pool_create(0);
+    llama_cpu_state cpu;
+    char error[1024] = "";
+    llama_gpu* gpu = llama_gpu_create(m, n_rows, max_seqs, max_ctx, error, sizeof(error));
+    if (!gpu || llama_cpu_state_init(&cpu, m, pool, n_rows, max_seqs, max_ctx) != 0) {
+        test_check(0, "%s: backends set up (%s)", what, error);
+        llama_thread_pool_free(pool);
+        return;
+    }
+    float* a = malloc(sizeof(float) * n_rows * V);
+    float* b = malloc(sizeof(float) * n_rows * V);
+    int rc_cpu = llama_cpu_forward(&cpu, tokens, seq_ids, positions, n_rows, a);
+    int rc_gpu = llama_gpu_forward(gpu, tokens, seq_ids, positions, n_rows, b, error, sizeof(error));
+    double diff = 0, mag = 0;
+    int same_top = 0;
+    for (int r = 0; r < n_rows; r++) {
+        int ta = 0, tb = 0;
+        for (int v = 0; v < V; v++) {
+            float x = a[(size_t)r * V + v], y = b[(size_t)r * V + v];
+            diff = fmax(diff, fabs((double)x - y));
+            mag = fmax(mag, fabs((double)x));
+            if (x > a[(size_t)r * V + ta]) ta = v;
+            if (y > b[(size_t)r * V + tb]) tb = v;
+        }
+        same_top += ta == tb;
+    }
+    double rel = diff / (mag > 0 ? mag : 1);
+    test_check(rc_cpu == 0 && rc_gpu == 0 && rel < 1e-2 && same_top >= 0.99 * n_rows,
+               "%s: GPU vs CPU logits relative error %.2e, same top-1 on %d of %d rows %s", what, rel, same_top, n_rows,
+               rc_gpu ? error : "");
+    free(a);
+    free(b);
+    llama_gpu_free(gpu);
+    llama_cpu_state_free(&cpu);
+    llama_thread_pool_free(pool);
+}
+
+static void quantize_rtn(llama_model* m, int group) {
+    llama_quantize_options q;
+    memset(&q, 0, sizeof(q));
+    q.method = LLAMA_QUANTIZE_RTN;
+    q.group_size = group;
+    char error[512] = "";
+    test_check(llama_quantize_model(m, &q, NULL, error, sizeof(error)) == 0, "RTN g%d quantization (%s)", group, error);
+}
+
+static void tiny_model_cases(void) {
+    llama_model m;
+    test_llama_random_model(&m);
+    enum { T = 24 };
+    int tokens[3 * T], seq[3 * T], pos[3 * T];
+    for (int i = 0; i < 3 * T; i++) {
+        tokens[i] = test_rand_int(m.config.vocab_size);
+        seq[i] = i / T;
+        pos[i] = i % T;
+    }
+    for (int format = 0; format < 2; format++) {
+        if (format == 1) quantize_rtn(&m, 64);
+        const char* name = format ? "tiny model, int4 g64" : "tiny model, fp16";
+        char what[96];
+        snprintf(what, sizeof(what), "%s, 3 sequences x %d positions in one call", name, T);
+        compare_backends(&m, tokens, seq, pos, 3 * T, 3, T, what);
+    }
+    llama_model_free(&m);
+}
+
+static void real_model_cases(void) {
+    const char* model_path = getenv("MARLIN_LLAMA_MODEL") ? getenv("MARLIN_LLAMA_MODEL") : "models/SmolLM2-135M-Instruct.gguf";
+    const char* text_path = getenv("MARLIN_LLAMA_TEXT") ? getenv("MARLIN_LLAMA_TEXT") : "../shared/data/gutenberg/carroll-alice.txt";
+    llama_model m;
+    char error[1024] = "";
+    if (llama_model_load(model_path, &m, error, sizeof(error)) != 0) {
+        test_check(0, "real model: %s (run scripts/fetch_model.sh)", error);
+        return;
+    }
+    FILE* f = fopen(text_path, "rb");
+    char text[4096];
+    size_t length = f ? fread(text, 1, sizeof(text), f) : 0;
+    if (f) fclose(f);
+    enum { CTX = 256 };
+    int tokens[2048], seq[CTX] = {0}, pos[CTX];
+    int n = llama_tokenizer_encode(&m.tokenizer, text, length, 0, tokens, 2048);
+    if (n < CTX) {
+        test_check(0, "real model: '%s' gave %d tokens, %d needed", text_path, n, CTX);
+        llama_model_free(&m);
+        return;
+    }
+    for (int i = 0; i < CTX; i++) pos[i] = i;
+    compare_backends(&m, tokens, seq, pos, CTX, 1, CTX, "SmolLM2-135M original weights (fp16 cuBLAS), 256 tokens");
+    quantize_rtn(&m, 128);
+    compare_backends(&m, tokens, seq, pos, CTX, 1, CTX, "SmolLM2-135M int4 g128 RTN (Marlin), 256 tokens");
+    llama_model_free(&m);
+}
+
+int main(void) {
+    if (llama_gpu_device_count() == 0) {
+        printf("SKIPPED: no CUDA device\n");
+        return 0;
+    }
+    test_seed("test_llama_gpu");
+    tiny_model_cases();
+    real_model_cases();
+    return test_finish();
+}
