@@ -18,3 +18,5 @@ set_tests_properties(test_llama_model PROPERTIES FIXTURES_REQUIRED llama_model L
 marlin_add_test(test_llama_gpu test_llama_gpu.c)
 target_link_libraries(test_llama_gpu PRIVATE marlin_llama_core)
 set_tests_properties(test_llama_gpu PROPERTIES LABELS gpu)
+marlin_add_test(test_llama_safetensors test_llama_safetensors.c)
+target_link_libraries(test_llama_safetensors PRIVATE marlin_llama_core)

@@ -24,94 +24,6 @@
 #include "test_llama_common.h"
 #include "test_util.h"
 
-/* y[n] = W[n x k] . x[k] in double */
-static void ref_linear(const llama_linear* l, const double* x, double* y) {
-    for (int j = 0; j < l->n; j++) {
-        double s = 0;
-        for (int i = 0; i < l->k; i++) s += (double)l->weight[(size_t)j * l->k + i] * x[i];
-        y[j] = s;
-    }
-}
-static void ref_rmsnorm(const double* x, const float* w, double* out, int dim, double eps) {
-    double s = 0;
-    for (int i = 0; i < dim; i++) s += x[i] * x[i];
-    double inv = 1.0 / sqrt(s / dim + eps);
-    for (int i = 0; i < dim; i++) out[i] = x[i] * inv * w[i];
-}
-static void ref_rope(double* v, int heads, int hd, int rope_dim, double base, int pos) {
-    for (int h = 0; h < heads; h++)
-        for (int i = 0; i < rope_dim / 2; i++) {
-            double a = pos * pow(base, -2.0 * i / rope_dim), c = cos(a), s = sin(a);
-            double* p = v + h * hd + 2 * i;
-            double x0 = p[0], x1 = p[1];
-            p[0] = x0 * c - x1 * s;
-            p[1] = x0 * s + x1 * c;
-        }
-}
-
-/* Logits (T x vocab) of one sequence, every position, in double. */
-static void reference_forward(const llama_model* m, const int* tokens, int T, double* logits) {
-    const llama_config* c = &m->config;
-    int d = c->dim, hd = c->head_dim, qd = c->n_heads * hd, kvd = c->n_kv_heads * hd, f = c->ffn_dim;
-    double* x = calloc((size_t)T * d, sizeof(double));
-    double* keys = calloc((size_t)T * kvd, sizeof(double));
-    double* values = calloc((size_t)T * kvd, sizeof(double));
-    double *xn = malloc(d * sizeof(double)), *qkv = malloc((qd + 2 * kvd) * sizeof(double));
-    double *att = malloc(qd * sizeof(double)), *proj = malloc(d * sizeof(double));
-    double *gu = malloc(2 * f * sizeof(double)), *h = malloc(f * sizeof(double)), *sc = malloc(T * sizeof(double));
-    double* q_all = malloc((size_t)T * qd * sizeof(double));
-    for (int t = 0; t < T; t++)
-        for (int i = 0; i < d; i++) x[(size_t)t * d + i] = m->embedding[(size_t)tokens[t] * d + i];
-    for (int l = 0; l < c->n_layers; l++) {
-        const llama_layer* L = &m->layers[l];
-        for (int t = 0; t < T; t++) {
-            ref_rmsnorm(x + (size_t)t * d, L->attn_norm, xn, d, c->norm_eps);
-            ref_linear(&L->qkv, xn, qkv);
-            ref_rope(qkv, c->n_heads, hd, c->rope_dim, c->rope_base, t);
-            ref_rope(qkv + qd, c->n_kv_heads, hd, c->rope_dim, c->rope_base, t);
-            memcpy(q_all + (size_t)t * qd, qkv, qd * sizeof(double));
-            memcpy(keys + (size_t)t * kvd, qkv + qd, kvd * sizeof(double));
-            memcpy(values + (size_t)t * kvd, qkv + qd + kvd, kvd * sizeof(double));
-        }
-        for (int t = 0; t < T; t++) {
-            for (int hh = 0; hh < c->n_heads; hh++) {
-                int kvh = hh / (c->n_heads / c->n_kv_heads);
-                const double* q = q_all + (size_t)t * qd + hh * hd;
-                double mx = -1e300, tot = 0;
-                for (int u = 0; u <= t; u++) {
-                    double s = 0;
-                    for (int i = 0; i < hd; i++) s += q[i] * keys[(size_t)u * kvd + kvh * hd + i];
-                    sc[u] = s / sqrt((double)hd);
-                    if (sc[u] > mx) mx = sc[u];
-                }
-                for (int u = 0; u <= t; u++) tot += (sc[u] = exp(sc[u] - mx));
-                for (int i = 0; i < hd; i++) {
-                    double a = 0;
-                    for (int u = 0; u <= t; u++) a += sc[u] / tot * values[(size_t)u * kvd + kvh * hd + i];
-                    att[hh * hd + i] = a;
-                }
-            }
-            ref_linear(&L->out, att, proj);
-            for (int i = 0; i < d; i++) x[(size_t)t * d + i] += proj[i];
-            ref_rmsnorm(x + (size_t)t * d, L->ffn_norm, xn, d, c->norm_eps);
-            ref_linear(&L->gate_up, xn, gu);
-            for (int i = 0; i < f; i++) h[i] = gu[i] / (1.0 + exp(-gu[i])) * gu[f + i];
-            ref_linear(&L->down, h, proj);
-            for (int i = 0; i < d; i++) x[(size_t)t * d + i] += proj[i];
-        }
-    }
-    for (int t = 0; t < T; t++) {
-        ref_rmsnorm(x + (size_t)t * d, m->output_norm, xn, d, c->norm_eps);
-        for (int v = 0; v < c->vocab_size; v++) {
-            double s = 0;
-            for (int i = 0; i < d; i++) s += (double)m->output[(size_t)v * d + i] * xn[i];
-            logits[(size_t)t * c->vocab_size + v] = s;
-        }
-    }
-    free(x); free(keys); free(values); free(xn); free(qkv); free(att); free(proj); free(gu); free(h); free(sc);
-    free(q_all);
-}
-
 static double max_relative_error(const float* got, const double* want, size_t n) {
     double worst = 0, scale = 0;
     for (size_t i = 0; i < n; i++) scale = fmax(scale, fabs(want[i]));
@@ -145,7 +57,7 @@ int main(void) {
 
     /* (1) against the double-precision reference */
     cpu_logits(&st, tokens[0], T, logits);
-    reference_forward(&m, tokens[0], T, want);
+    test_llama_reference_forward(&m, tokens[0], T, 0, want);
     double err = max_relative_error(logits, want, (size_t)T * V);
     test_check(err < 1e-4, "fp32 forward vs double reference: max error %.2e of the largest logit", err);
 
