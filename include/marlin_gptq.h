@@ -114,6 +114,65 @@ MARLIN_API marlin_status marlin_gptq_quantize_fp16(const uint16_t* W, int n, int
                                                    const marlin_gptq_options* options,
                                                    uint8_t* codes, uint16_t* scales);
 
+/* ------------------------------------------------------------------ GPU -- */
+
+/*
+ * An opaque GPU context: the cuBLAS and cuSOLVER handles (created once) and
+ * one device scratch buffer, grown on demand and kept until destroy (about
+ * 12*k*k + 5*k*n bytes for the largest layer quantized; for k = 28672 that is
+ * 9.9 GB). It belongs to the device current at create time; use it from one
+ * host thread at a time. All pointers passed to the calls below are device
+ * pointers unless marked host.
+ */
+typedef struct marlin_gptq_gpu marlin_gptq_gpu;
+
+/* Creates a context on the current device: MARLIN_STATUS_NO_DEVICE without one. */
+MARLIN_API marlin_status marlin_gptq_gpu_create(marlin_gptq_gpu** context);
+/* Frees the context and its scratch memory (waits for its work). NULL is allowed. */
+MARLIN_API marlin_status marlin_gptq_gpu_destroy(marlin_gptq_gpu* context);
+
+/*
+ * marlin_hessian_accumulate on the GPU (one cuBLAS product with fp32
+ * accumulation; fp32 inputs without TF32). Synchronous: it checks X for
+ * NaN/Inf first and waits for that check on `stream`, so on error H is
+ * unchanged; the product itself is queued on `stream` when the call returns.
+ *   H          device k x k fp32, in/out (zeroed before the first batch); the
+ *              two triangles may differ in the last bit (quantize reads the lower)
+ *   rows_seen  host, in/out
+ *   X          device rows x k, fp32 (or fp16 for the _fp16 variant), row-major
+ */
+MARLIN_API marlin_status marlin_gptq_gpu_hessian_accumulate(marlin_gptq_gpu* context, float* H,
+                                                            int64_t* rows_seen, const float* X,
+                                                            int rows, int k, cudaStream_t stream);
+MARLIN_API marlin_status marlin_gptq_gpu_hessian_accumulate_fp16(marlin_gptq_gpu* context, float* H,
+                                                                 int64_t* rows_seen, const void* X,
+                                                                 int rows, int k,
+                                                                 cudaStream_t stream);
+
+/*
+ * marlin_gptq_quantize on the GPU: same arguments, same algorithm, device
+ * pointers. Synchronous (it reads back the Cholesky status and the checks):
+ * when it returns the outputs are written, or on error left untouched.
+ *   W       device n x k fp32 (or fp16 for the _fp16 variant), row-major
+ *   H       device k x k fp32 (lower triangle read)
+ *   codes   device out: k x n bytes;  scales  device out: ceil(k/g) x n fp16
+ * block_size above 128 is treated as 128 (the block's weights live in shared
+ * memory); on the CPU the block size does not change the result, so this
+ * changes nothing but speed. The double-precision Cholesky factorisation and
+ * triangular inverse are cuSOLVER's, the lazy updates fp32 cuBLAS products.
+ */
+MARLIN_API marlin_status marlin_gptq_gpu_quantize(marlin_gptq_gpu* context, const float* W, int n,
+                                                  int k, const float* H, int group_size,
+                                                  const marlin_gptq_options* options,
+                                                  uint8_t* codes, uint16_t* scales,
+                                                  cudaStream_t stream);
+MARLIN_API marlin_status marlin_gptq_gpu_quantize_fp16(marlin_gptq_gpu* context, const void* W,
+                                                       int n, int k, const float* H,
+                                                       int group_size,
+                                                       const marlin_gptq_options* options,
+                                                       uint8_t* codes, uint16_t* scales,
+                                                       cudaStream_t stream);
+
 #ifdef __cplusplus
 }
 #endif
