@@ -279,8 +279,8 @@ static int cmd_ppl(int argc, char** argv) {
         fprintf(stderr, "ppl: window %d/%d, running perplexity %.4f, %.1f tokens/s\n", w + 1, windows,
                 exp(total_nll / predicted), (double)(w + 1) * ctx / (seconds_now() - t0));
     }
-    printf("perplexity = %.4f (%s, %lld predicted tokens in %d windows of %d, %s backend, %.1f s)\n",
-           exp(total_nll / predicted), o.text, (long long)predicted, windows, ctx, r.on_gpu ? "GPU" : "CPU",
+    printf("perplexity = %.4f (model %s, text %s, %lld predicted tokens in %d windows of %d, %s backend, %.1f s)\n",
+           exp(total_nll / predicted), o.model, o.text, (long long)predicted, windows, ctx, r.on_gpu ? "GPU" : "CPU",
            seconds_now() - t0);
     runner_free(&r);
     free(logits);

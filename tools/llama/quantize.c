@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "marlin.h"
 
@@ -120,9 +121,8 @@ int llama_quantize_model(llama_model* model, const llama_quantize_options* o, ll
                 snprintf(where, sizeof(where), "layer %d %s", l, linear_name((enum llama_linear_id)which));
                 if (quantize_linear(&q, linear_of(&model->layers[l], (enum llama_linear_id)which), NULL, where)) return -1;
             }
-            if (o->verbose) fprintf(stderr, "\rquantize (rtn): layer %d/%d", l + 1, c->n_layers);
         }
-        if (o->verbose) fprintf(stderr, "  %.1f s\n", seconds_now() - start);
+        if (o->verbose) fprintf(stderr, "quantize (rtn): %d layers in %.1f s\n", c->n_layers, seconds_now() - start);
         return 0;
     }
     if (o->n_seqs < 1 || o->seq_len < 2 || o->n_calib_tokens < o->seq_len) {
@@ -162,11 +162,13 @@ int llama_quantize_model(llama_model* model, const llama_quantize_options* o, ll
     for (int l = 0; l < c->n_layers; l++) {
         llama_cpu_layer(&st, l, x, seq_ids, positions, rows, gptq_hook, &q);
         if (q.failed) goto done;
+        /* one line rewritten in place on a terminal, one line per layer in a log */
         if (o->verbose)
-            fprintf(stderr, "\rquantize (gptq, %d x %d calibration tokens): layer %d/%d, %.1f s", o->n_seqs, o->seq_len,
-                    l + 1, c->n_layers, seconds_now() - start);
+            fprintf(stderr, "%squantize (gptq, %d x %d calibration tokens): layer %d/%d, %.1f s%s",
+                    isatty(2) ? "\r" : "", o->n_seqs, o->seq_len, l + 1, c->n_layers, seconds_now() - start,
+                    isatty(2) ? "" : "\n");
     }
-    if (o->verbose) fprintf(stderr, "\n");
+    if (o->verbose && isatty(2)) fprintf(stderr, "\n");
     rc = 0;
 done:
     llama_cpu_state_free(&st);
