@@ -39,6 +39,11 @@ KernelVariant make_variant() {
  * (128-256 columns) for matrices with many columns; 64-column tiles for
  * narrow matrices and n not a multiple of the wide tile. */
 const KernelVariant kVariants[] = {
+    /* Deep pipelines (H100/A100-class shared memory) ... */
+    make_variant<1, 2, 8, 8>(), make_variant<1, 1, 8, 8>(),
+    make_variant<2, 2, 8, 8>(), make_variant<2, 1, 8, 8>(),
+    make_variant<3, 4, 4, 6>(), make_variant<4, 4, 4, 6>(),
+    /* ... and shallower ones that fit the 99 KB of sm_86 / sm_89. */
     make_variant<1, 2, 8, 4>(), make_variant<1, 1, 8, 4>(),
     make_variant<2, 2, 8, 4>(), make_variant<2, 1, 8, 4>(),
     make_variant<3, 4, 4, 4>(), make_variant<3, 2, 4, 4>(), make_variant<3, 1, 8, 3>(),
@@ -57,41 +62,75 @@ struct LaunchPlan {
     int slices;
 };
 
-marlin_status query_device(DeviceInfo* info) {
-    int device = 0, count = 0;
-    if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
-        cudaGetLastError(); /* clear the sticky "no device" error */
+/* Device facts are fixed for the life of the process, so they are read once
+ * per device and cached; the entries are written whole and only ever with the
+ * same values, so concurrent first calls from several threads are harmless. */
+constexpr int kMaxDevices = 64;
+struct CachedDeviceInfo {
+    int ready; /* 0: not read yet; 1: ready */
+    int major;
+    DeviceInfo info;
+};
+CachedDeviceInfo device_cache[kMaxDevices];
+
+marlin_status query_device(DeviceInfo* info, int* device_out) {
+    int device = 0;
+    if (cudaGetDevice(&device) != cudaSuccess) {
+        cudaGetLastError(); /* clear the "no device" error */
         return MARLIN_STATUS_NO_DEVICE;
     }
-    int major = 0;
-    if (cudaGetDevice(&device) != cudaSuccess ||
-        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
-        cudaDeviceGetAttribute(&info->sm_count, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
-        cudaDeviceGetAttribute(&info->smem_per_block_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin,
-                               device) != cudaSuccess)
+    CachedDeviceInfo entry{};
+    if (device < kMaxDevices && __atomic_load_n(&device_cache[device].ready, __ATOMIC_ACQUIRE))
+        entry = device_cache[device];
+    else {
+        int count = 0;
+        if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
+            cudaGetLastError();
+            return MARLIN_STATUS_NO_DEVICE;
+        }
+        if (cudaDeviceGetAttribute(&entry.major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+            cudaDeviceGetAttribute(&entry.info.sm_count, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
+            cudaDeviceGetAttribute(&entry.info.smem_per_block_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin,
+                                   device) != cudaSuccess)
+            return MARLIN_STATUS_CUDA_ERROR;
+        if (device < kMaxDevices) {
+            device_cache[device].major = entry.major;
+            device_cache[device].info = entry.info;
+            __atomic_store_n(&device_cache[device].ready, 1, __ATOMIC_RELEASE);
+        }
+    }
+    if (entry.major < 8) return MARLIN_STATUS_UNSUPPORTED_ARCH;
+    *info = entry.info;
+    if (device_out) *device_out = device;
+    return MARLIN_STATUS_SUCCESS;
+}
+
+/* Raises a kernel's dynamic shared-memory limit once per device. */
+constexpr int kVariantCount = sizeof(kVariants) / sizeof(kVariants[0]);
+unsigned char smem_limit_raised[kMaxDevices][kVariantCount];
+
+marlin_status raise_smem_limit(const KernelVariant& v, int device) {
+    int index = (int)(&v - kVariants);
+    if (device < kMaxDevices && __atomic_load_n(&smem_limit_raised[device][index], __ATOMIC_ACQUIRE))
+        return MARLIN_STATUS_SUCCESS;
+    if (cudaFuncSetAttribute(v.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, v.smem_bytes) != cudaSuccess)
         return MARLIN_STATUS_CUDA_ERROR;
-    if (major < 8) return MARLIN_STATUS_UNSUPPORTED_ARCH;
+    if (device < kMaxDevices) __atomic_store_n(&smem_limit_raised[device][index], 1, __ATOMIC_RELEASE);
     return MARLIN_STATUS_SUCCESS;
 }
 
 /* Picks the variant and the striped grid for `rows` (1..64) rows of A. */
 marlin_status plan_launch(int rows, int n, int k, const DeviceInfo& device, LaunchPlan* plan) {
     const int m_blocks = (rows + 15) / 16;
+    /* Among the variants for these rows that fit the device: prefer tiles that
+     * divide n (no idle warps), then the widest tile, then the deepest pipeline. */
+    auto rank = [n](const KernelVariant& v) {
+        return (n % (64 * v.n_tiles) == 0 ? 1000 : 0) + 10 * v.n_tiles + v.stages;
+    };
     const KernelVariant* best = nullptr;
     for (const KernelVariant& v : kVariants) {
         if (v.m_blocks != m_blocks || v.smem_bytes > device.smem_per_block_optin) continue;
-        int block_n = 64 * v.n_tiles;
-        /* Prefer tiles that divide n (no idle warps), then the widest. */
-        if (!best) {
-            best = &v;
-            continue;
-        }
-        bool v_divides = n % block_n == 0, best_divides = n % (64 * best->n_tiles) == 0;
-        if (v_divides != best_divides) {
-            if (v_divides) best = &v;
-        } else if (v.n_tiles > best->n_tiles) {
-            best = &v;
-        }
+        if (!best || rank(v) > rank(*best)) best = &v;
     }
     if (!best) return MARLIN_STATUS_UNSUPPORTED_ARCH; /* too little shared memory for any variant */
     const int block_n = 64 * best->n_tiles, block_k = 16 * best->k_tiles;
@@ -146,7 +185,7 @@ extern "C" marlin_status marlin_workspace_size(int m, int n, int k, int group_si
     marlin_status status = check_shape(m, n, k, group_size);
     if (status != MARLIN_STATUS_SUCCESS) return status;
     DeviceInfo device;
-    status = query_device(&device);
+    status = query_device(&device, nullptr);
     if (status != MARLIN_STATUS_SUCCESS) return status;
     return required_workspace(m, n, k, device, workspace_bytes);
 }
@@ -160,7 +199,8 @@ extern "C" marlin_status marlin_matmul(const void* A, const void* packed_b, cons
     if (!aligned(A) || !aligned(packed_b) || !aligned(packed_scales) || !aligned(C) || !aligned(workspace))
         return MARLIN_STATUS_MISALIGNED_POINTER;
     DeviceInfo device;
-    status = query_device(&device);
+    int device_index = 0;
+    status = query_device(&device, &device_index);
     if (status != MARLIN_STATUS_SUCCESS) return status;
     size_t needed = 0;
     status = required_workspace(m, n, k, device, &needed);
@@ -187,9 +227,8 @@ extern "C" marlin_status marlin_matmul(const void* A, const void* packed_b, cons
         args.group_shift = group_shift(k, group_size);
         args.iters_per_block = plan.iters_per_block;
         const KernelVariant& v = *plan.variant;
-        if (cudaFuncSetAttribute(v.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, v.smem_bytes) !=
-            cudaSuccess)
-            return MARLIN_STATUS_CUDA_ERROR;
+        status = raise_smem_limit(v, device_index);
+        if (status != MARLIN_STATUS_SUCCESS) return status;
         v.kernel<<<plan.grid, marlin::kThreads, v.smem_bytes, stream>>>(args);
         if (cudaGetLastError() != cudaSuccess) return MARLIN_STATUS_CUDA_ERROR;
     }
