@@ -226,8 +226,8 @@ int gguf_parse(uint8_t* buffer, size_t size, gguf_file* out, char* error, size_t
             else alignment = (uint64_t)a;
         }
     }
-    uint64_t* offsets = calloc(out->n_tensors ? out->n_tensors : 1, sizeof(uint64_t));
-    if (!offsets) fail(&c, "out of memory");
+    uint64_t* offsets = c.failed ? NULL : calloc(out->n_tensors ? out->n_tensors : 1, sizeof(uint64_t));
+    if (!c.failed && !offsets) fail(&c, "out of memory");
     for (uint64_t i = 0; i < out->n_tensors && !c.failed; i++) {
         gguf_tensor* t = &out->tensors[i];
         t->name = read_string(&c, "tensor name");
