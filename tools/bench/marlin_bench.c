@@ -277,7 +277,9 @@ static void select_set(bench_options* options, const char* name) {
     exit(EXIT_USAGE);
 }
 
-static void select_m(bench_options* options, const char* text) { add_m_value(options, parse_int(text, 1, MAX_M, "--m")); }
+static void select_m(bench_options* options, const char* text) {
+    add_m_value(options, parse_int(text, 1, MAX_M, "--m"));
+}
 
 static bench_options parse_options(int argc, char** argv) {
     bench_options options;
@@ -330,7 +332,9 @@ static bench_options parse_options(int argc, char** argv) {
 }
 
 /* The group size marlin is given for a layer: -1 means one scale per column. */
-static int layer_group_size(const bench_options* options, int k) { return options->group_size < 0 ? k : options->group_size; }
+static int layer_group_size(const bench_options* options, int k) {
+    return options->group_size < 0 ? k : options->group_size;
+}
 
 /* ------------------------------------------------------- random data -- */
 
@@ -372,26 +376,38 @@ typedef struct {
     uint16_t* dequantized_nk;    /* n x k fp16, row-major (torch.nn.Linear's layout) */
 } host_weights;
 
+/* Rows and columns of the tiles dequantize_transposed walks. */
+#define DEQUANT_TILE_ROWS 128
+#define DEQUANT_TILE_COLS 64
+
 /*
  * Dequantizes codes (k x n, row-major) with plain scales (ceil(k/g) x n) into
  * the n x k fp16 weight that cuBLAS multiplies, each weight (q - 8) * s
- * rounded to fp16 as the kernel does. It walks blocks of rows that share one
- * scale row (group_size rows, or 128 when one scale serves the whole column),
- * so a 16-entry table per column and block serves every weight in it, and
- * the transposed writes of a block stay within a few cache lines.
+ * rounded to fp16 as the kernel does. A transpose, so it goes tile by tile:
+ * the tile's codes are gathered with one cache line per row, then written out
+ * one column at a time as a contiguous run; touching each of many rows (and
+ * their pages) once per element instead made this slower than packing. A
+ * tile's rows share one scale row (group_size rows, or 128 when one scale
+ * serves the whole column), so a 16-entry table per column serves the tile.
  */
 static void dequantize_transposed(const uint8_t* codes, const uint16_t* scales, int k, int n, int group_size,
                                   uint16_t* weight_nk) {
-    const int block_rows = group_size <= 128 ? group_size : 128; /* group_size is 32, 64, 128 or k */
-    for (int row0 = 0; row0 < k; row0 += block_rows) {
-        const int row_end = row0 + block_rows < k ? row0 + block_rows : k;
+    /* group_size is 32, 64, 128 or k: either it divides the tile height or all rows share scale row 0. */
+    const int tile_rows = group_size < DEQUANT_TILE_ROWS ? group_size : DEQUANT_TILE_ROWS;
+    uint8_t tile[DEQUANT_TILE_ROWS][DEQUANT_TILE_COLS];
+    for (int row0 = 0; row0 < k; row0 += tile_rows) {
+        const int rows = row0 + tile_rows < k ? tile_rows : k - row0;
         const uint16_t* scale_row = scales + (size_t)(row0 / group_size) * n;
-        for (int col = 0; col < n; col++) {
-            uint16_t table[16];
-            const float scale = marlin_fp16_to_float(scale_row[col]);
-            for (int q = 0; q < 16; q++) table[q] = marlin_fp16_from_float((float)(q - MARLIN_ZERO_CODE) * scale);
-            uint16_t* out = weight_nk + (size_t)col * k;
-            for (int row = row0; row < row_end; row++) out[row] = table[codes[(size_t)row * n + col]];
+        for (int col0 = 0; col0 < n; col0 += DEQUANT_TILE_COLS) {
+            const int cols = col0 + DEQUANT_TILE_COLS < n ? DEQUANT_TILE_COLS : n - col0;
+            for (int r = 0; r < rows; r++) memcpy(tile[r], codes + (size_t)(row0 + r) * n + col0, (size_t)cols);
+            for (int c = 0; c < cols; c++) {
+                uint16_t table[16];
+                const float scale = marlin_fp16_to_float(scale_row[col0 + c]);
+                for (int q = 0; q < 16; q++) table[q] = marlin_fp16_from_float((float)(q - MARLIN_ZERO_CODE) * scale);
+                uint16_t* out = weight_nk + (size_t)(col0 + c) * k + row0;
+                for (int r = 0; r < rows; r++) out[r] = table[tile[r][c]];
+            }
         }
     }
 }
@@ -484,6 +500,8 @@ typedef struct {
     size_t copy_bytes;                    /* bytes of one copy, alignment padding included */
     size_t stride;                        /* multiple of DEVICE_ALIGN_BYTES */
     int copy_count;
+    int next_copy; /* the next copy to read: every launcher reading these weights continues the
+                      rotation, so no copy is read again before all the others have been */
 } rotating_weights;
 
 /* Uploads the parts once and replicates them on the device until the copies
@@ -540,13 +558,13 @@ typedef struct {
     launch_fn launch;
     void* context;
     int copy_count;
-    int next_copy; /* the rotation continues across warm-up and trials, so no copy is reused early */
+    int* next_copy; /* shared by everything that reads the same copies (rotating_weights.next_copy) */
 } rotating_launcher;
 
 static void launch_batch(rotating_launcher* launcher, int count) {
     for (int i = 0; i < count; i++) {
-        launcher->launch(launcher->context, launcher->next_copy);
-        launcher->next_copy = (launcher->next_copy + 1) % launcher->copy_count;
+        launcher->launch(launcher->context, *launcher->next_copy);
+        *launcher->next_copy = (*launcher->next_copy + 1) % launcher->copy_count;
     }
 }
 
@@ -599,7 +617,8 @@ static double measure_copy_gbs(const bench_gpu* gpu, int trials) {
     CUDA_CHECK(cudaMalloc(&context.source, COPY_BENCH_BYTES));
     CUDA_CHECK(cudaMalloc(&context.destination, COPY_BENCH_BYTES));
     CUDA_CHECK(cudaMemset(context.source, 0x5A, COPY_BENCH_BYTES));
-    rotating_launcher launcher = {launch_copy, &context, 1, 0};
+    int next_copy = 0;
+    rotating_launcher launcher = {launch_copy, &context, 1, &next_copy};
     const double us = median_launch_us(gpu, &launcher, trials);
     CUDA_CHECK(cudaFree(context.source));
     CUDA_CHECK(cudaFree(context.destination));
@@ -781,9 +800,10 @@ static void bench_layer_shape(bench_gpu* gpu, const bench_options* options, cons
             if (isnan(r.norm_error) || r.norm_error > worst_norm_error) worst_norm_error = r.norm_error;
             if (isnan(r.element_error) || r.element_error > worst_element_error) worst_element_error = r.element_error;
         }
-        rotating_launcher marlin_launcher = {launch_marlin, &marlin, marlin_weights.copy_count, 0};
-        rotating_launcher gemm_launcher = {launch_gemm_ex, &fp16, fp16_weights.copy_count, 0};
-        rotating_launcher lt_launcher = {launch_cublaslt, &fp16, fp16_weights.copy_count, 0};
+        rotating_launcher marlin_launcher = {launch_marlin, &marlin, marlin_weights.copy_count,
+                                             &marlin_weights.next_copy};
+        rotating_launcher gemm_launcher = {launch_gemm_ex, &fp16, fp16_weights.copy_count, &fp16_weights.next_copy};
+        rotating_launcher lt_launcher = {launch_cublaslt, &fp16, fp16_weights.copy_count, &fp16_weights.next_copy};
         const double marlin_us = median_launch_us(gpu, &marlin_launcher, options->trials);
         const double gemm_us = median_launch_us(gpu, &gemm_launcher, options->trials);
         const double lt_us = fp16.lt_found ? median_launch_us(gpu, &lt_launcher, options->trials) : INFINITY;
@@ -792,7 +812,8 @@ static void bench_layer_shape(bench_gpu* gpu, const bench_options* options, cons
         result->fp16_us[i] += lt_us < gemm_us ? lt_us : gemm_us;
         free_fp16_call(&fp16);
     }
-    fprintf(report, "  %-8s %6d x %-6d marlin %4d cop%s x %7.1f MB, fp16 %4d cop%s x %7.1f MB; cuBLASLt faster at %d/%d m",
+    fprintf(report,
+            "  %-8s %6d x %-6d marlin %4d cop%s x %7.1f MB, fp16 %4d cop%s x %7.1f MB; cuBLASLt faster at %d/%d m",
             layer->name, k, n, marlin_weights.copy_count, marlin_weights.copy_count == 1 ? "y " : "ies",
             marlin_weights.copy_bytes / 1e6, fp16_weights.copy_count, fp16_weights.copy_count == 1 ? "y " : "ies",
             fp16_weights.copy_bytes / 1e6, lt_wins, options->m_count);
@@ -809,7 +830,8 @@ static void bench_layer_shape(bench_gpu* gpu, const bench_options* options, cons
 /* The GPU's name with the characters that would break a CSV field replaced. */
 static void csv_safe_name(const char* name, char* out, size_t out_size) {
     size_t i = 0;
-    for (; name[i] && i + 1 < out_size; i++) out[i] = (name[i] == ',' || name[i] == '"' || name[i] == '\n') ? ' ' : name[i];
+    for (; name[i] && i + 1 < out_size; i++)
+        out[i] = (name[i] == ',' || name[i] == '"' || name[i] == '\n') ? ' ' : name[i];
     out[i] = '\0';
 }
 
