@@ -38,7 +38,15 @@ static void compare_backends(const llama_model* m, const int* tokens, const int*
     float* a = malloc(sizeof(float) * n_rows * V);
     float* b = malloc(sizeof(float) * n_rows * V);
     int rc_cpu = llama_cpu_forward(&cpu, tokens, seq_ids, positions, n_rows, a);
-    int rc_gpu = llama_gpu_forward(gpu, tokens, seq_ids, positions, n_rows, b, error, sizeof(error));
+    /* twice: calls of up to 64 rows are captured in a CUDA graph the first
+     * time and replayed the second; both must give the same logits */
+    float* first = malloc(sizeof(float) * n_rows * V);
+    int rc_gpu = llama_gpu_forward(gpu, tokens, seq_ids, positions, n_rows, first, error, sizeof(error));
+    if (rc_gpu == 0) rc_gpu = llama_gpu_forward(gpu, tokens, seq_ids, positions, n_rows, b, error, sizeof(error));
+    test_check(rc_gpu == 0 && memcmp(first, b, sizeof(float) * n_rows * V) == 0,
+               "%s: two GPU runs give identical logits (CUDA graphs %s)", what,
+               n_rows <= 64 && llama_gpu_graphs_enabled(gpu) ? "used" : "not used");
+    free(first);
     double diff = 0, mag = 0;
     int same_top = 0;
     for (int r = 0; r < n_rows; r++) {
@@ -88,6 +96,10 @@ static void tiny_model_cases(void) {
         char what[96];
         snprintf(what, sizeof(what), "%s, 3 sequences x %d positions in one call", name, T);
         compare_backends(&m, tokens, seq, pos, 3 * T, 3, T, what);
+        /* a decode-sized call (3 rows, one per sequence): the CUDA-graph path */
+        int step_tok[3] = {tokens[0], tokens[T], tokens[2 * T]}, step_seq[3] = {0, 1, 2}, step_pos[3] = {0, 0, 0};
+        snprintf(what, sizeof(what), "%s, batch of 3 sequences, one row each", name);
+        compare_backends(&m, step_tok, step_seq, step_pos, 3, 3, T, what);
     }
     llama_model_free(&m);
 }

@@ -72,8 +72,13 @@ struct llama_gpu {
     int *tokens = nullptr, *seq_ids = nullptr, *positions = nullptr;  // max_rows each
     void* workspace = nullptr;
     size_t workspace_bytes = 0;
+    void* cublas_workspace = nullptr; /* our own, so cuBLAS allocates nothing during graph capture */
     size_t weight_bytes = 0;
     size_t attention_shared_bytes = 0;
+    /* CUDA graphs of the forward pass for small row counts (decode steps):
+     * one per row count, captured on first use; 0 after a failed capture. */
+    int use_graphs = 1;
+    cudaGraphExec_t graphs[65] = {};
 };
 
 /* ------------------------------------------------------------- kernels -- */
@@ -328,6 +333,12 @@ int allocate_runtime(llama_gpu* gpu, char* error, size_t error_bytes) {
         return -1;
     }
     cublasSetStream(gpu->cublas, gpu->stream);
+    const size_t cublas_workspace_bytes = 32u << 20;
+    CUDA_TRY(cudaMalloc(&gpu->cublas_workspace, cublas_workspace_bytes));
+    if (cublasSetWorkspace(gpu->cublas, gpu->cublas_workspace, cublas_workspace_bytes) != CUBLAS_STATUS_SUCCESS) {
+        set_error(error, error_bytes, "cublasSetWorkspace failed");
+        return -1;
+    }
     size_t cache = (size_t)c.n_layers * gpu->max_seqs * gpu->max_ctx * kv_dim;
     if (device_alloc(&gpu->key_cache, cache, error, error_bytes) ||
         device_alloc(&gpu->value_cache, cache, error, error_bytes) ||
@@ -371,6 +382,8 @@ int allocate_runtime(llama_gpu* gpu, char* error, size_t error_bytes) {
     if (gpu->attention_shared_bytes > 48 * 1024)
         CUDA_TRY(cudaFuncSetAttribute(attention_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       (int)gpu->attention_shared_bytes));
+    /* the memsets above ran on the legacy stream; the forward pass uses `stream` */
+    CUDA_TRY(cudaDeviceSynchronize());
     gpu->weight_bytes = (size_t)c.vocab_size * c.dim * 2;
     for (int l = 0; l < c.n_layers; l++)
         gpu->weight_bytes += linear_bytes(gpu->layers[l].qkv) + linear_bytes(gpu->layers[l].out) +
@@ -443,7 +456,10 @@ extern "C" void llama_gpu_free(llama_gpu* gpu) {
     cudaFree(gpu->seq_ids);
     cudaFree(gpu->positions);
     cudaFree(gpu->workspace);
+    for (int i = 0; i < 65; i++)
+        if (gpu->graphs[i]) cudaGraphExecDestroy(gpu->graphs[i]);
     if (gpu->cublas) cublasDestroy(gpu->cublas);
+    cudaFree(gpu->cublas_workspace);
     if (gpu->stream) cudaStreamDestroy(gpu->stream);
     delete gpu;
 }
@@ -556,24 +572,12 @@ extern "C" llama_gpu* llama_gpu_create_synthetic(const llama_config* config, int
 
 extern "C" size_t llama_gpu_weight_bytes(const llama_gpu* gpu) { return gpu->weight_bytes; }
 
-extern "C" int llama_gpu_forward(llama_gpu* gpu, const int* tokens, const int* seq_ids, const int* positions,
-                                 int n_rows, float* logits, char* error, size_t error_bytes) {
+/* Enqueues the whole forward pass on gpu->stream for n_rows rows whose
+ * tokens, sequences and positions are already on the device; the logits
+ * land in gpu->logits. Only stream work: it can be captured in a graph. */
+static int enqueue_forward(llama_gpu* gpu, int n_rows, char* error, size_t error_bytes) {
     const llama_config& c = gpu->config;
-    if (n_rows < 1 || n_rows > gpu->max_rows) {
-        set_error(error, error_bytes, "%d rows (1..%d allowed)", n_rows, gpu->max_rows);
-        return -1;
-    }
-    for (int r = 0; r < n_rows; r++)
-        if (tokens[r] < 0 || tokens[r] >= c.vocab_size || seq_ids[r] < 0 || seq_ids[r] >= gpu->max_seqs ||
-            positions[r] < 0 || positions[r] >= gpu->max_ctx) {
-            set_error(error, error_bytes, "row %d: token %d, sequence %d or position %d out of range", r, tokens[r],
-                      seq_ids[r], positions[r]);
-            return -1;
-        }
     cudaStream_t s = gpu->stream;
-    CUDA_TRY(cudaMemcpyAsync(gpu->tokens, tokens, n_rows * sizeof(int), cudaMemcpyHostToDevice, s));
-    CUDA_TRY(cudaMemcpyAsync(gpu->seq_ids, seq_ids, n_rows * sizeof(int), cudaMemcpyHostToDevice, s));
-    CUDA_TRY(cudaMemcpyAsync(gpu->positions, positions, n_rows * sizeof(int), cudaMemcpyHostToDevice, s));
     size_t residual = (size_t)n_rows * c.dim;
     embed_kernel<<<n_rows, kThreads, 0, s>>>(gpu->embedding, gpu->tokens, gpu->x, c.dim);
     CUDA_TRY(cudaGetLastError());
@@ -609,6 +613,61 @@ extern "C" int llama_gpu_forward(llama_gpu* gpu, const int* tokens, const int* s
                                      CUDA_R_32F, c.vocab_size, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
     if (cs != CUBLAS_STATUS_SUCCESS) {
         set_error(error, error_bytes, "cublasGemmEx (output head) failed: status %d", (int)cs);
+        return -1;
+    }
+    return 0;
+}
+
+/* Captures the forward pass for n_rows into gpu->graphs[n_rows]. On any
+ * failure graphs are switched off for this instance (the eager path is
+ * always correct) and no graph is stored. */
+static void capture_graph(llama_gpu* gpu, int n_rows) {
+    char ignored[256];
+    cudaGraph_t graph = nullptr;
+    if (cudaStreamBeginCapture(gpu->stream, cudaStreamCaptureModeRelaxed) != cudaSuccess) {
+        gpu->use_graphs = 0;
+        cudaGetLastError();
+        return;
+    }
+    int rc = enqueue_forward(gpu, n_rows, ignored, sizeof(ignored));
+    cudaError_t end = cudaStreamEndCapture(gpu->stream, &graph);
+    if (rc == 0 && end == cudaSuccess && graph &&
+        cudaGraphInstantiate(&gpu->graphs[n_rows], graph, 0) == cudaSuccess) {
+        cudaGraphDestroy(graph);
+        return;
+    }
+    if (graph) cudaGraphDestroy(graph);
+    gpu->graphs[n_rows] = nullptr;
+    gpu->use_graphs = 0;
+    cudaGetLastError(); /* clear the capture's error: the eager path follows */
+}
+
+extern "C" void llama_gpu_set_graphs(llama_gpu* gpu, int enabled) { gpu->use_graphs = enabled != 0; }
+extern "C" int llama_gpu_graphs_enabled(const llama_gpu* gpu) { return gpu->use_graphs; }
+
+extern "C" int llama_gpu_forward(llama_gpu* gpu, const int* tokens, const int* seq_ids, const int* positions,
+                                 int n_rows, float* logits, char* error, size_t error_bytes) {
+    const llama_config& c = gpu->config;
+    if (n_rows < 1 || n_rows > gpu->max_rows) {
+        set_error(error, error_bytes, "%d rows (1..%d allowed)", n_rows, gpu->max_rows);
+        return -1;
+    }
+    for (int r = 0; r < n_rows; r++)
+        if (tokens[r] < 0 || tokens[r] >= c.vocab_size || seq_ids[r] < 0 || seq_ids[r] >= gpu->max_seqs ||
+            positions[r] < 0 || positions[r] >= gpu->max_ctx) {
+            set_error(error, error_bytes, "row %d: token %d, sequence %d or position %d out of range", r, tokens[r],
+                      seq_ids[r], positions[r]);
+            return -1;
+        }
+    cudaStream_t s = gpu->stream;
+    CUDA_TRY(cudaMemcpyAsync(gpu->tokens, tokens, n_rows * sizeof(int), cudaMemcpyHostToDevice, s));
+    CUDA_TRY(cudaMemcpyAsync(gpu->seq_ids, seq_ids, n_rows * sizeof(int), cudaMemcpyHostToDevice, s));
+    CUDA_TRY(cudaMemcpyAsync(gpu->positions, positions, n_rows * sizeof(int), cudaMemcpyHostToDevice, s));
+    /* decode-sized calls replay a captured graph: one launch instead of ~15 per layer */
+    if (gpu->use_graphs && n_rows <= 64 && !gpu->graphs[n_rows]) capture_graph(gpu, n_rows);
+    if (gpu->use_graphs && n_rows <= 64 && gpu->graphs[n_rows]) {
+        CUDA_TRY(cudaGraphLaunch(gpu->graphs[n_rows], s));
+    } else if (enqueue_forward(gpu, n_rows, error, error_bytes) != 0) {
         return -1;
     }
     if (logits)

@@ -38,6 +38,12 @@ llama_gpu* llama_gpu_create_synthetic(const llama_config* config, int use_int4, 
 int llama_gpu_forward(llama_gpu* gpu, const int* tokens, const int* seq_ids, const int* positions, int n_rows,
                       float* logits, char* error, size_t error_bytes);
 
+/* CUDA graphs for calls of up to 64 rows (decode steps), on by default.
+ * A failed capture switches them off for this instance and the call runs
+ * eagerly; llama_gpu_graphs_enabled says whether they are still on. */
+void llama_gpu_set_graphs(llama_gpu* gpu, int enabled);
+int llama_gpu_graphs_enabled(const llama_gpu* gpu);
+
 /* Bytes of weights on the device (what one decode step reads). */
 size_t llama_gpu_weight_bytes(const llama_gpu* gpu);
 

@@ -70,6 +70,7 @@ typedef struct options {
     int calib_len;
     int steps;
     int context;
+    int graphs;
     char batches[64];
     int quiet;
 } options;
@@ -129,6 +130,7 @@ static void parse_options(int argc, char** argv, const char* allowed, options* o
         else if (!strcmp(flag, "--calib-len")) o->calib_len = parse_int(flag, v, 2, 1 << 16);
         else if (!strcmp(flag, "--steps")) o->steps = parse_int(flag, v, 1, 1 << 20);
         else if (!strcmp(flag, "--context")) o->context = parse_int(flag, v, 1, 1 << 20);
+        else if (!strcmp(flag, "--graphs")) o->graphs = parse_int(flag, v, 0, 1);
         else if (!strcmp(flag, "--batches")) snprintf(o->batches, sizeof(o->batches), "%s", v);
     }
 }
@@ -553,12 +555,14 @@ static int cmd_quantize(int argc, char** argv) {
 
 static void usage_bench(void) {
     printf("usage: marlin-llama bench [--config llama2-7b] [--batches 1,8,16,32] [--steps 64]\n"
-           "                          [--context 128] [--group-size 128] [--backend auto|cpu|gpu] [--threads N]\n"
+           "                          [--context 128] [--group-size 128] [--graphs 1] [--backend auto|cpu|gpu]\n"
+           "                          [--threads N]\n"
            "Decode speed on synthetic random weights with the shapes of a named config\n"
            "(smollm2-135m, llama2-7b, llama3-8b, llama2-13b): each batch size decodes --steps\n"
            "tokens per sequence after --context cached positions; tokens/s = batch x steps / time.\n"
            "On the GPU: fp16 (cuBLAS) and int4 (Marlin) weights, and the int4 speedup. On the CPU:\n"
-           "the fp32 path only (the CPU backend computes int4 layers from dequantized weights).\n");
+           "the fp32 path only (the CPU backend computes int4 layers from dequantized weights).\n"
+           "--graphs 1 (default) replays each decode step as one CUDA graph; 0 launches every kernel.\n");
 }
 
 static int cmd_bench(int argc, char** argv) {
@@ -567,8 +571,10 @@ static int cmd_bench(int argc, char** argv) {
     o.steps = 64;
     o.context = 128;
     o.group_size = 128;
+    o.graphs = 1;
     snprintf(o.batches, sizeof(o.batches), "1,8,16,32");
-    parse_options(argc, argv, " --config --batches --steps --context --group-size --backend --threads ", &o, usage_bench);
+    parse_options(argc, argv, " --config --batches --steps --context --group-size --graphs --backend --threads ", &o,
+                  usage_bench);
     llama_config config;
     if (llama_config_preset(o.config, &config) != 0)
         die("unknown --config '%s' (smollm2-135m, llama2-7b, llama3-8b, llama2-13b)", o.config);
@@ -604,6 +610,7 @@ static int cmd_bench(int argc, char** argv) {
             llama_gpu* gpu = llama_gpu_create_synthetic(&config, format, o.group_size, max_batch, max_batch, max_ctx,
                                                         error, sizeof(error));
             if (!gpu) die("GPU: %s", error);
+            llama_gpu_set_graphs(gpu, o.graphs);
             for (int i = 0; i < n_batches; i++) {
                 int B = batches[i];
                 for (int b = 0; b < B; b++) seq_ids[b] = b;
@@ -619,9 +626,10 @@ static int cmd_bench(int argc, char** argv) {
                 }
                 double elapsed = seconds_now() - t0;
                 speed[format][i] = (double)B * o.steps / elapsed;
-                printf("  %-5s batch %3d: %9.1f tokens/s  (%.3f ms per step, weights %.2f GB -> %.0f GB/s)\n",
+                printf("  %-5s batch %3d: %9.1f tokens/s  (%.3f ms per step, weights %.2f GB -> %.0f GB/s, graphs %s)\n",
                        format ? "int4" : "fp16", B, speed[format][i], 1e3 * elapsed / o.steps,
-                       llama_gpu_weight_bytes(gpu) / 1e9, llama_gpu_weight_bytes(gpu) * o.steps / elapsed / 1e9);
+                       llama_gpu_weight_bytes(gpu) / 1e9, llama_gpu_weight_bytes(gpu) * o.steps / elapsed / 1e9,
+                       llama_gpu_graphs_enabled(gpu) && B <= 64 ? "on" : "off");
                 fflush(stdout);
             }
             llama_gpu_free(gpu);
