@@ -153,8 +153,11 @@ struct TileConfig {
     static_assert(STAGES >= 2, "the pipeline needs at least two stages");
 };
 
-template <typename Format, int M_BLOCKS, int N_TILES, int K_TILES, int STAGES>
-__global__ void __launch_bounds__(kThreads, 1) marlin_gemm_kernel(const KernelArgs args) {
+/* BLOCKS_PER_SM: blocks meant to share one SM (caps registers to fit); two
+ * blocks overlap one block's barrier and fragment-load latency with the
+ * other's work. */
+template <typename Format, int M_BLOCKS, int N_TILES, int K_TILES, int STAGES, int BLOCKS_PER_SM>
+__global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(const KernelArgs args) {
     using Cfg = TileConfig<M_BLOCKS, N_TILES, K_TILES, STAGES>;
     extern __shared__ int4 smem[];
     __shared__ int is_last_arrival; /* set by thread 0 in finish_slice */
@@ -347,15 +350,18 @@ __global__ void __launch_bounds__(kThreads, 1) marlin_gemm_kernel(const KernelAr
             return args.partials + (size_t)(2 * block + (head ? 0 : 1)) * Cfg::kSlotFloats;
         };
         auto slot_index = [&](int mb, int b) { return ((warp_n_tile * M_BLOCKS + mb) * 8 + b) * 32 + lane; };
+        /* Only rows < m go through the workspace (at m = 1, 1/16 of the tile). */
         if (writer) {
-            float4* slot = reinterpret_cast<float4*>(slot_of(blockIdx.x));
+            float2* slot = reinterpret_cast<float2*>(slot_of(blockIdx.x));
 #pragma unroll
             for (int mb = 0; mb < M_BLOCKS; mb++) {
                 if (mb * 16 >= args.m) break;
+                const bool lo = mb * 16 + row_in_block < args.m, hi = mb * 16 + row_in_block + 8 < args.m;
 #pragma unroll
-                for (int b = 0; b < 8; b++)
-                    __stcg(slot + slot_index(mb, b),
-                           make_float4(acc[mb][b][0], acc[mb][b][1], acc[mb][b][2], acc[mb][b][3]));
+                for (int b = 0; b < 8; b++) {
+                    if (lo) __stcg(slot + 2 * slot_index(mb, b), make_float2(acc[mb][b][0], acc[mb][b][1]));
+                    if (hi) __stcg(slot + 2 * slot_index(mb, b) + 1, make_float2(acc[mb][b][2], acc[mb][b][3]));
+                }
             }
             __threadfence();
         }
@@ -375,14 +381,21 @@ __global__ void __launch_bounds__(kThreads, 1) marlin_gemm_kernel(const KernelAr
         /* Sum every contributor's slot in block order: the same order whoever arrives last. */
         clear_acc();
         for (int block = first_block; block <= last_block; block++) {
-            const float4* slot = reinterpret_cast<const float4*>(slot_of(block));
+            const float2* slot = reinterpret_cast<const float2*>(slot_of(block));
 #pragma unroll
             for (int mb = 0; mb < M_BLOCKS; mb++) {
                 if (mb * 16 >= args.m) break;
+                const bool lo = mb * 16 + row_in_block < args.m, hi = mb * 16 + row_in_block + 8 < args.m;
 #pragma unroll
                 for (int b = 0; b < 8; b++) {
-                    float4 v = __ldcg(slot + slot_index(mb, b));
-                    acc[mb][b][0] += v.x, acc[mb][b][1] += v.y, acc[mb][b][2] += v.z, acc[mb][b][3] += v.w;
+                    if (lo) {
+                        float2 v = __ldcg(slot + 2 * slot_index(mb, b));
+                        acc[mb][b][0] += v.x, acc[mb][b][1] += v.y;
+                    }
+                    if (hi) {
+                        float2 v = __ldcg(slot + 2 * slot_index(mb, b) + 1);
+                        acc[mb][b][2] += v.x, acc[mb][b][3] += v.y;
+                    }
                 }
             }
         }

@@ -3,6 +3,8 @@
  * kernel variants, the choice of variant and grid for a shape, the workspace
  * layout, and the launches (one per 64-row chunk of A).
  */
+#include <stdlib.h>
+
 #include "marlin.h"
 #include "marlin_kernel.cuh"
 
@@ -12,6 +14,7 @@ using marlin::Int4Symmetric;
 using marlin::KernelArgs;
 using marlin::TileConfig;
 
+constexpr int kMinItersPerBlock = 4;
 constexpr int kMaxChunkRows = 64; /* rows of A one launch covers (M_BLOCKS <= 4) */
 /* The workspace starts with one arrival counter per possible 64-column slice
  * of the largest n, so the counters sit at the same place for every shape and
@@ -22,37 +25,44 @@ using KernelFn = void (*)(const KernelArgs);
 
 /* One instantiated kernel and the facts the host needs about it. */
 struct KernelVariant {
-    int m_blocks, n_tiles, k_tiles, stages;
+    int m_blocks, n_tiles, k_tiles, stages, blocks_per_sm;
     int smem_bytes;
     int slot_floats;
     KernelFn kernel;
 };
 
-template <int M_BLOCKS, int N_TILES, int K_TILES, int STAGES>
+template <int M_BLOCKS, int N_TILES, int K_TILES, int STAGES, int BLOCKS_PER_SM = 1>
 KernelVariant make_variant() {
     using Cfg = TileConfig<M_BLOCKS, N_TILES, K_TILES, STAGES>;
-    return {M_BLOCKS, N_TILES, K_TILES, STAGES, Cfg::kSmemBytes, Cfg::kSlotFloats,
-            marlin::marlin_gemm_kernel<Int4Symmetric, M_BLOCKS, N_TILES, K_TILES, STAGES>};
+    return {M_BLOCKS, N_TILES, K_TILES, STAGES, BLOCKS_PER_SM, Cfg::kSmemBytes, Cfg::kSlotFloats,
+            marlin::marlin_gemm_kernel<Int4Symmetric, M_BLOCKS, N_TILES, K_TILES, STAGES, BLOCKS_PER_SM>};
 }
 
-/* Every variant the library ships, grouped by rows (16 * m_blocks). Wide tiles
- * (128-256 columns) for matrices with many columns; 64-column tiles for
- * narrow matrices and n not a multiple of the wide tile. */
+/* Every variant the library ships, in order of preference for each row
+ * count (16 * m_blocks). plan_launch takes the first that fits the device and
+ * whose tile width divides n, else the first that fits. Measured on the H100
+ * (bench/NOTES.md): 256-column tiles, whose 16-row strips are 2 KB contiguous
+ * in memory, and two blocks per SM stream weights fastest; the 4-stage
+ * one-block variants at the end fit the 99 KB of sm_86 / sm_89. */
 const KernelVariant kVariants[] = {
-    /* Deep pipelines (H100/A100-class shared memory) ... */
-    make_variant<1, 2, 8, 8>(), make_variant<1, 1, 8, 8>(),
-    make_variant<2, 2, 8, 8>(), make_variant<2, 1, 8, 8>(),
-    make_variant<3, 4, 4, 6>(), make_variant<4, 4, 4, 6>(),
-    /* ... and shallower ones that fit the 99 KB of sm_86 / sm_89. */
+    /* 1..16 rows */
+    make_variant<1, 4, 8, 4, 2>(), make_variant<1, 2, 8, 6, 2>(), make_variant<1, 1, 8, 8, 2>(),
     make_variant<1, 2, 8, 4>(), make_variant<1, 1, 8, 4>(),
-    make_variant<2, 2, 8, 4>(), make_variant<2, 1, 8, 4>(),
-    make_variant<3, 4, 4, 4>(), make_variant<3, 2, 4, 4>(), make_variant<3, 1, 8, 3>(),
-    make_variant<4, 4, 4, 4>(), make_variant<4, 2, 4, 4>(), make_variant<4, 1, 8, 3>(),
+    /* 17..32 rows */
+    make_variant<2, 4, 8, 4>(), make_variant<2, 4, 8, 3, 2>(), make_variant<2, 2, 8, 8>(),
+    make_variant<2, 1, 8, 8>(), make_variant<2, 2, 8, 4>(), make_variant<2, 1, 8, 4>(),
+    /* 33..48 rows */
+    make_variant<3, 4, 4, 6>(), make_variant<3, 4, 4, 4>(), make_variant<3, 2, 4, 4>(),
+    make_variant<3, 1, 8, 3>(),
+    /* 49..64 rows */
+    make_variant<4, 4, 8, 4>(), make_variant<4, 4, 4, 6>(), make_variant<4, 4, 4, 4>(),
+    make_variant<4, 2, 4, 4>(), make_variant<4, 1, 8, 3>(),
 };
 
 struct DeviceInfo {
     int sm_count;
     int smem_per_block_optin; /* bytes a block may have after cudaFuncSetAttribute */
+    int smem_per_sm;          /* bytes all resident blocks of an SM share */
 };
 
 struct LaunchPlan {
@@ -91,6 +101,8 @@ marlin_status query_device(DeviceInfo* info, int* device_out) {
         if (cudaDeviceGetAttribute(&entry.major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
             cudaDeviceGetAttribute(&entry.info.sm_count, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
             cudaDeviceGetAttribute(&entry.info.smem_per_block_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin,
+                                   device) != cudaSuccess ||
+            cudaDeviceGetAttribute(&entry.info.smem_per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor,
                                    device) != cudaSuccess)
             return MARLIN_STATUS_CUDA_ERROR;
         if (device < kMaxDevices) {
@@ -122,22 +134,36 @@ marlin_status raise_smem_limit(const KernelVariant& v, int device) {
 /* Picks the variant and the striped grid for `rows` (1..64) rows of A. */
 marlin_status plan_launch(int rows, int n, int k, const DeviceInfo& device, LaunchPlan* plan) {
     const int m_blocks = (rows + 15) / 16;
-    /* Among the variants for these rows that fit the device: prefer tiles that
-     * divide n (no idle warps), then the widest tile, then the deepest pipeline. */
-    auto rank = [n](const KernelVariant& v) {
-        return (n % (64 * v.n_tiles) == 0 ? 1000 : 0) + 10 * v.n_tiles + v.stages;
+    auto fits = [&](const KernelVariant& v) {
+        return v.m_blocks == m_blocks && v.smem_bytes <= device.smem_per_block_optin &&
+               v.blocks_per_sm * (v.smem_bytes + 1024) <= device.smem_per_sm; /* 1 KB: per-block reserve */
     };
     const KernelVariant* best = nullptr;
     for (const KernelVariant& v : kVariants) {
-        if (v.m_blocks != m_blocks || v.smem_bytes > device.smem_per_block_optin) continue;
-        if (!best || rank(v) > rank(*best)) best = &v;
+        if (!fits(v)) continue;
+        if (n % (64 * v.n_tiles) == 0) {
+            best = &v;
+            break;
+        }
+        if (!best) best = &v;
     }
+#ifdef MARLIN_TUNING
+    /* Tuning builds only: MARLIN_VARIANT=i forces table entry i where it fits. */
+    if (const char* forced = getenv("MARLIN_VARIANT")) {
+        int i = atoi(forced);
+        if (i >= 0 && i < (int)(sizeof(kVariants) / sizeof(kVariants[0])) && fits(kVariants[i])) best = &kVariants[i];
+    }
+#endif
     if (!best) return MARLIN_STATUS_UNSUPPORTED_ARCH; /* too little shared memory for any variant */
     const int block_n = 64 * best->n_tiles, block_k = 16 * best->k_tiles;
     const int slices = (n + block_n - 1) / block_n;
     const int k_iters = (k + block_k - 1) / block_k;
     const int total = slices * k_iters;
-    const int iters_per_block = (total + device.sm_count - 1) / device.sm_count;
+    const int block_slots = device.sm_count * best->blocks_per_sm;
+    /* Equal runs for all block slots, but no shorter than kMinItersPerBlock: a
+     * run of one or two steps is all pipeline fill and reduction. */
+    int iters_per_block = (total + block_slots - 1) / block_slots;
+    if (iters_per_block < kMinItersPerBlock) iters_per_block = total < kMinItersPerBlock ? total : kMinItersPerBlock;
     plan->variant = best;
     plan->iters_per_block = iters_per_block;
     plan->grid = (total + iters_per_block - 1) / iters_per_block;
