@@ -532,7 +532,7 @@ static int cmd_quantize(int argc, char** argv) {
     q.n_calib_tokens = n_calib;
     q.n_seqs = o.calib_seqs;
     q.seq_len = o.calib_len;
-    llama_quantize_default_options(&q.gptq);
+    marlin_gptq_default_options(&q.gptq);
     q.verbose = 1;
     if (q.method == LLAMA_QUANTIZE_GPTQ)
         fprintf(stderr, "quantize: GPTQ, group %d, %d calibration tokens from %d file(s), %d windows of %d\n",

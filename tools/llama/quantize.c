@@ -23,14 +23,6 @@
 
 #include "marlin.h"
 
-#ifdef LLAMA_NO_GPTQ /* temporary, until src/gptq.c lands in the library */
-static marlin_status marlin_gptq_quantize_missing(void) { return MARLIN_STATUS_INVALID_VALUE; }
-#define marlin_gptq_quantize(...) marlin_gptq_quantize_missing()
-void llama_quantize_default_options(marlin_gptq_options* o) { memset(o, 0, sizeof(*o)); }
-#else
-void llama_quantize_default_options(marlin_gptq_options* o) { marlin_gptq_default_options(o); }
-#endif
-
 static double seconds_now(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);

@@ -22,9 +22,6 @@ typedef struct llama_quantize_options {
     int verbose;                 /* progress lines on stderr */
 } llama_quantize_options;
 
-/* marlin_gptq_default_options. */
-void llama_quantize_default_options(marlin_gptq_options* options);
-
 /* Quantizes every linear layer of `model` in place. 0, or -1 + error. */
 int llama_quantize_model(llama_model* model, const llama_quantize_options* options, llama_thread_pool* pool,
                          char* error, size_t error_bytes);
