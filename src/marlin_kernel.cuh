@@ -73,6 +73,21 @@ __device__ __forceinline__ void copy_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(PENDING));
 }
 
+/* Programmatic dependent launch (sm_90): a launch may start while the
+ * previous kernel on the stream is finishing; wait_for_previous_grid blocks
+ * until that kernel's results are visible, allow_next_grid lets the next one
+ * start early. Both are no-ops before sm_90. */
+__device__ __forceinline__ void wait_for_previous_grid() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void allow_next_grid() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
 /* Four 8x8 fp16 matrices from shared memory: exactly an m16k16 A fragment. */
 __device__ __forceinline__ void load_matrix_x4(uint32_t (&frag)[4], const void* smem_row) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
@@ -210,19 +225,23 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
         s_col[j] = (i % (Cfg::kBN / 8)) * 8;
     }
 
-    /* Issues the copies of one iteration (column slice, k step) into `stage`. */
-    auto load_iteration = [&](int stage_index, int slice, int k_step) {
-        const int k0 = k_step * Cfg::kBK, n0 = slice * Cfg::kBN;
-        const int k_tile0 = k0 / 16, n_tile0 = n0 / 64;
+    /* Issues the copies of A for one iteration (column slice, k step). */
+    auto load_activations = [&](int stage_index, int k_step) {
+        const int k0 = k_step * Cfg::kBK;
         int4* stage_a = smem + stage_index * Cfg::kStage;
-        int4* stage_b = stage_a + Cfg::kAStage;
-        int4* stage_s = stage_b + Cfg::kBStage;
 #pragma unroll
         for (int j = 0; j < kALoads; j++) {
             if (tid + j * kThreads >= Cfg::kAStage) break;
             bool valid = a_row_ok[j] && k0 + a_col[j] < k;
             copy_async_16(stage_a + a_dst[j], valid ? a_src[j] + k0 / 8 : args.A, valid);
         }
+    };
+    /* Issues the copies of the weights and scales of one iteration. */
+    auto load_weights = [&](int stage_index, int slice, int k_step) {
+        const int k0 = k_step * Cfg::kBK, n0 = slice * Cfg::kBN;
+        const int k_tile0 = k0 / 16, n_tile0 = n0 / 64;
+        int4* stage_b = smem + stage_index * Cfg::kStage + Cfg::kAStage;
+        int4* stage_s = stage_b + Cfg::kBStage;
         const size_t b_base = ((size_t)k_tile0 * n_tiles_total + n_tile0) * 32;
 #pragma unroll
         for (int j = 0; j < kBLoads; j++) {
@@ -409,14 +428,26 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
     auto advance = [&](int& slice, int& k_step) {
         if (++k_step == k_iters) k_step = 0, slice++;
     };
+    /* The weights do not depend on the previous kernel: fetch the first stages
+     * of them before waiting for it, then A. The first commit group holds all
+     * prologue weights, which only makes the first wait a little stricter. */
+    {
+        int slice_t = load_slice, k_step_t = load_k_step;
+        for (int t = 0; t < STAGES - 1 && t < run_length; t++) {
+            load_weights(t, slice_t, k_step_t);
+            advance(slice_t, k_step_t);
+        }
+    }
+    wait_for_previous_grid();
 #pragma unroll
     for (int t = 0; t < STAGES - 1; t++) {
         if (t < run_length) {
-            load_iteration(t, load_slice, load_k_step);
+            load_activations(t, load_k_step);
             advance(load_slice, load_k_step);
         }
         copy_async_commit();
     }
+    allow_next_grid();
     int slice = run_begin / k_iters, k_step = run_begin % k_iters;
     int slice_first_t = 0; /* iteration of this run where the current slice began */
     int stage_index = 0, load_stage = STAGES - 1;
@@ -424,7 +455,8 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
         copy_async_wait<STAGES - 2>();
         __syncthreads();
         if (t + STAGES - 1 < run_length) {
-            load_iteration(load_stage, load_slice, load_k_step);
+            load_activations(load_stage, load_k_step);
+            load_weights(load_stage, load_slice, load_k_step);
             advance(load_slice, load_k_step);
         }
         copy_async_commit();

@@ -55,7 +55,7 @@ const KernelVariant kVariants[] = {
     make_variant<3, 4, 4, 6>(), make_variant<3, 4, 4, 4>(), make_variant<3, 2, 4, 4>(),
     make_variant<3, 1, 8, 3>(),
     /* 49..64 rows */
-    make_variant<4, 4, 8, 4>(), make_variant<4, 4, 4, 6>(), make_variant<4, 4, 4, 4>(),
+    make_variant<4, 4, 4, 6>(), make_variant<4, 4, 8, 4>(), make_variant<4, 4, 4, 4>(),
     make_variant<4, 2, 4, 4>(), make_variant<4, 1, 8, 3>(),
 };
 
@@ -63,6 +63,7 @@ struct DeviceInfo {
     int sm_count;
     int smem_per_block_optin; /* bytes a block may have after cudaFuncSetAttribute */
     int smem_per_sm;          /* bytes all resident blocks of an SM share */
+    int major;                /* compute capability */
 };
 
 struct LaunchPlan {
@@ -113,6 +114,7 @@ marlin_status query_device(DeviceInfo* info, int* device_out) {
     }
     if (entry.major < 8) return MARLIN_STATUS_UNSUPPORTED_ARCH;
     *info = entry.info;
+    info->major = entry.major;
     if (device_out) *device_out = device;
     return MARLIN_STATUS_SUCCESS;
 }
@@ -255,8 +257,21 @@ extern "C" marlin_status marlin_matmul(const void* A, const void* packed_b, cons
         const KernelVariant& v = *plan.variant;
         status = raise_smem_limit(v, device_index);
         if (status != MARLIN_STATUS_SUCCESS) return status;
-        v.kernel<<<plan.grid, marlin::kThreads, v.smem_bytes, stream>>>(args);
-        if (cudaGetLastError() != cudaSuccess) return MARLIN_STATUS_CUDA_ERROR;
+        /* On sm_90, let this launch overlap the tail of the previous kernel on
+         * the stream (programmatic dependent launch; the kernel waits for it
+         * before touching A, C or the workspace). */
+        cudaLaunchAttribute attribute;
+        attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attribute.val.programmaticStreamSerializationAllowed = 1;
+        cudaLaunchConfig_t config = {};
+        config.gridDim = dim3(plan.grid);
+        config.blockDim = dim3(marlin::kThreads);
+        config.dynamicSmemBytes = v.smem_bytes;
+        config.stream = stream;
+        config.attrs = &attribute;
+        config.numAttrs = device.major >= 9 ? 1 : 0;
+        if (cudaLaunchKernelEx(&config, v.kernel, args) != cudaSuccess || cudaGetLastError() != cudaSuccess)
+            return MARLIN_STATUS_CUDA_ERROR;
     }
     return MARLIN_STATUS_SUCCESS;
 }
