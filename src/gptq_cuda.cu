@@ -267,7 +267,8 @@ __global__ void static_scales_kernel(const float* Wt, int n, int k, int group_si
  * output row r. The block's weights of these outputs live in shared memory;
  * U is read from global memory (every thread reads the same element: a
  * broadcast). Writes the codes (original row order[i]), dynamic group
- * scales, and E (the scaled errors the lazy update needs).
+ * scales (reading back the one of a group begun in an earlier block), and E
+ * (the scaled errors the lazy update needs).
  */
 __global__ void __launch_bounds__(kRowsPerCta) gptq_block_kernel(
     const float* Wt, int n, int k, const float* Uf, int i1, int i2, const int* order, int group_size,
@@ -279,7 +280,12 @@ __global__ void __launch_bounds__(kRowsPerCta) gptq_block_kernel(
     int columns = i2 - i1;
     for (int i = 0; i < columns; i++) block_weights[i][t] = active ? Wt[(size_t)(i1 + i) * n + r] : 0.0f;
     if (!active) return; /* no __syncthreads below: each thread touches only its own column */
+    /* A dynamic group wider than a block (e.g. g = k) starts in an earlier
+     * block, whose launch chose and stored its scale: read it back, since this
+     * launch never passes the group's first column. */
     float scale = 0.0f;
+    if (!static_groups && i1 % group_size != 0)
+        scale = __half2float(__ushort_as_half(scales[(size_t)(i1 / group_size) * n + r]));
     for (int i = i1; i < i2; i++) {
         if (static_groups) {
             scale = __half2float(__ushort_as_half(scales[(size_t)(order[i] / group_size) * n + r]));
