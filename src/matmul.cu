@@ -55,7 +55,7 @@ const KernelVariant kVariants[] = {
     make_variant<3, 4, 4, 6>(), make_variant<3, 4, 4, 4>(), make_variant<3, 2, 4, 4>(),
     make_variant<3, 1, 8, 3>(),
     /* 49..64 rows */
-    make_variant<4, 4, 4, 6>(), make_variant<4, 4, 8, 4>(), make_variant<4, 4, 4, 4>(),
+    make_variant<4, 4, 8, 4>(), make_variant<4, 4, 4, 6>(), make_variant<4, 4, 4, 4>(),
     make_variant<4, 2, 4, 4>(), make_variant<4, 1, 8, 3>(),
 };
 
