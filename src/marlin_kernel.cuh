@@ -22,6 +22,9 @@
  *    fragments (layout.h), so dequantization is a few lop3/hsub2/hfma2 in
  *    registers, scaled by one hmul2, feeding mma.sync directly. A comes from
  *    shared memory by ldmatrix, XOR-swizzled to be free of bank conflicts.
+ *  - Launch overlap. On sm_90 a launch may begin while the previous kernel on
+ *    the stream finishes (programmatic dependent launch): the first stages of
+ *    weights are fetched before griddepcontrol.wait, A and C only after.
  *  - Global reduction. Each contributor to a partial slice writes its fp32
  *    tile to its own workspace slot, then bumps the slice's counter; the last
  *    to arrive sums all slots in block order (so the result never depends on
@@ -369,19 +372,23 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
             return args.partials + (size_t)(2 * block + (head ? 0 : 1)) * Cfg::kSlotFloats;
         };
         auto slot_index = [&](int mb, int b) { return ((warp_n_tile * M_BLOCKS + mb) * 8 + b) * 32 + lane; };
-        /* Only rows < m go through the workspace (at m = 1, 1/16 of the tile). */
-        if (writer) {
-            float2* slot = reinterpret_cast<float2*>(slot_of(blockIdx.x));
+        /* Visits the accumulator pairs of rows < m with their float2 index in a
+         * slot: only those rows go through the workspace (at m = 1, 1/16 of the tile). */
+        auto for_each_valid_pair = [&](auto&& visit) {
 #pragma unroll
             for (int mb = 0; mb < M_BLOCKS; mb++) {
                 if (mb * 16 >= args.m) break;
                 const bool lo = mb * 16 + row_in_block < args.m, hi = mb * 16 + row_in_block + 8 < args.m;
 #pragma unroll
                 for (int b = 0; b < 8; b++) {
-                    if (lo) __stcg(slot + 2 * slot_index(mb, b), make_float2(acc[mb][b][0], acc[mb][b][1]));
-                    if (hi) __stcg(slot + 2 * slot_index(mb, b) + 1, make_float2(acc[mb][b][2], acc[mb][b][3]));
+                    if (lo) visit(2 * slot_index(mb, b), acc[mb][b][0], acc[mb][b][1]);
+                    if (hi) visit(2 * slot_index(mb, b) + 1, acc[mb][b][2], acc[mb][b][3]);
                 }
             }
+        };
+        if (writer) {
+            float2* slot = reinterpret_cast<float2*>(slot_of(blockIdx.x));
+            for_each_valid_pair([&](int i, float& x, float& y) { __stcg(slot + i, make_float2(x, y)); });
             __threadfence();
         }
         const int first_block = slice_begin / args.iters_per_block;
@@ -401,22 +408,10 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
         clear_acc();
         for (int block = first_block; block <= last_block; block++) {
             const float2* slot = reinterpret_cast<const float2*>(slot_of(block));
-#pragma unroll
-            for (int mb = 0; mb < M_BLOCKS; mb++) {
-                if (mb * 16 >= args.m) break;
-                const bool lo = mb * 16 + row_in_block < args.m, hi = mb * 16 + row_in_block + 8 < args.m;
-#pragma unroll
-                for (int b = 0; b < 8; b++) {
-                    if (lo) {
-                        float2 v = __ldcg(slot + 2 * slot_index(mb, b));
-                        acc[mb][b][0] += v.x, acc[mb][b][1] += v.y;
-                    }
-                    if (hi) {
-                        float2 v = __ldcg(slot + 2 * slot_index(mb, b) + 1);
-                        acc[mb][b][2] += v.x, acc[mb][b][3] += v.y;
-                    }
-                }
-            }
+            for_each_valid_pair([&](int i, float& x, float& y) {
+                float2 v = __ldcg(slot + i);
+                x += v.x, y += v.y;
+            });
         }
         store_c();
     };
