@@ -9,9 +9,15 @@
  *   dense weights     fp16 n x k (torch layout), multiplied by cublasGemmEx with
  *                     op(A) = transpose, so no re-layout is needed
  *   int4 weights      marlin_pack's output, multiplied by marlin_matmul
- * The kernels are deliberately simple (one block per row, or per row and
- * head for attention): at decode batch sizes the time goes to reading the
- * weights, which is the matmuls' job.
+ * A decode step should cost little more than reading the weights once, so
+ * the small kernels are shaped for few rows (see docs/llama.md, "Where a
+ * decode step's time goes"): per layer 8 launches (qkv GEMM, RoPE + cache
+ * write, attention, out GEMM, residual add fused with the next RMSNorm,
+ * gate_up GEMM, SwiGLU, down GEMM); attention spreads each (head, row) over
+ * 8 warps with coalesced half2 loads; RoPE angles come from a table built
+ * once; SwiGLU spreads a row over many blocks; no allocation, memset or
+ * synchronization inside a step (one pinned copy of the row ids in, one
+ * stream synchronization at the end).
  */
 #include <cublas_v2.h>
 #include <cuda_fp16.h>
@@ -31,7 +37,10 @@ extern "C" {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kAttentionThreads = 128;
+constexpr int kNormThreads = 1024;      // dim 4096: four values per thread
+constexpr int kAttentionThreads = 256;  // 8 warps per (head, row)
+constexpr int kAttentionUnroll = 4;     // positions each warp loads before using them
+constexpr int kMaxHeadDim = 256;
 
 struct gpu_linear {
     int n = 0, k = 0, group_size = 0;  // group_size 0: dense fp16
@@ -69,7 +78,12 @@ struct llama_gpu {
     float* x = nullptr;
     __half *xn = nullptr, *qkv = nullptr, *attn = nullptr, *proj = nullptr, *gate_up = nullptr, *hidden = nullptr;
     float* logits = nullptr;      // max_rows x vocab
-    int *tokens = nullptr, *seq_ids = nullptr, *positions = nullptr;  // max_rows each
+    /* one device block of 3 x max_rows ints (tokens, sequences, positions)
+     * filled by one copy from a pinned host mirror per call */
+    int* row_ids = nullptr;
+    int* host_row_ids = nullptr;  // pinned, 3 x max_rows
+    int *tokens = nullptr, *seq_ids = nullptr, *positions = nullptr;  // max_rows each, inside row_ids
+    float2* rope_table = nullptr;  // max_ctx x rope_dim/2 (cos, sin)
     void* workspace = nullptr;
     size_t workspace_bytes = 0;
     void* cublas_workspace = nullptr; /* our own, so cuBLAS allocates nothing during graph capture */
@@ -89,9 +103,14 @@ __global__ void embed_kernel(const __half* embedding, const int* tokens, float* 
     for (int i = threadIdx.x; i < dim; i += blockDim.x) x[(size_t)row * dim + i] = __half2float(e[i]);
 }
 
+__device__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
 /* Block-wide sum; every thread gets the total. blockDim.x <= 1024, multiple of 32. */
 __device__ float block_sum(float v, float* shared /* 32 floats */) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    v = warp_sum(v);
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     __syncthreads();
     if (lane == 0) shared[warp] = v;
@@ -112,96 +131,198 @@ __device__ float block_max(float v, float* shared) {
     return m;
 }
 
-__global__ void rmsnorm_kernel(const float* x, const float* weight, __half* out, int dim, float eps) {
+/* x += y (when y is not NULL), then out = RMSNorm(x) . weight; one block of
+ * kNormThreads per row. Every residual add is followed by a norm (the next
+ * sub-layer's or the output's), so fusing them saves a launch and a pass
+ * over x. Each thread re-reads only the x values it wrote itself. */
+__global__ void __launch_bounds__(kNormThreads)
+    residual_rmsnorm_kernel(float* x /* rows x dim */, const __half* y /* rows x dim or NULL */,
+                            const float* weight /* dim */, __half* out /* rows x dim */, int dim, float eps) {
     __shared__ float shared[32];
     int row = blockIdx.x;
-    const float* xr = x + (size_t)row * dim;
+    float* xr = x + (size_t)row * dim;
     float sum = 0.0f;
-    for (int i = threadIdx.x; i < dim; i += blockDim.x) sum += xr[i] * xr[i];
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) {
+        float v = xr[i];
+        if (y) {
+            v += __half2float(y[(size_t)row * dim + i]);
+            xr[i] = v;
+        }
+        sum += v * v;
+    }
     sum = block_sum(sum, shared);
     float inv = rsqrtf(sum / dim + eps);
     for (int i = threadIdx.x; i < dim; i += blockDim.x) out[(size_t)row * dim + i] = __float2half(xr[i] * inv * weight[i]);
 }
 
-/* RoPE on q and k of each row (adjacent pairs, GGUF order), then k and v into the cache. */
-__global__ void rope_cache_kernel(__half* qkv, const int* seq_ids, const int* positions, __half* key_cache,
+/* cos/sin of position * base^(-2i/rope_dim) for every position < max_ctx and
+ * i < rope_dim/2, in double as the CPU backend computes them; filled once at
+ * set-up so the per-step RoPE kernel only reads it. */
+__global__ void rope_table_kernel(float2* table /* max_ctx x rope_dim/2: (cos, sin) */, int max_ctx, int rope_dim,
+                                  float rope_base) {
+    int half_rope = rope_dim / 2;
+    for (size_t item = blockIdx.x * (size_t)blockDim.x + threadIdx.x; item < (size_t)max_ctx * half_rope;
+         item += (size_t)gridDim.x * blockDim.x) {
+        int pos = (int)(item / half_rope), i = (int)(item % half_rope);
+        double angle = pos * pow((double)rope_base, -2.0 * i / rope_dim);
+        table[item] = make_float2((float)cos(angle), (float)sin(angle));
+    }
+}
+
+/* RoPE on q and k of each row (adjacent pairs, GGUF order), then k and v into
+ * the cache. One block per row; pairs as half2 (head_dim is even). */
+__global__ void rope_cache_kernel(__half* qkv /* rows x (q_dim + 2 kv_dim) */, const int* seq_ids, const int* positions,
+                                  const float2* rope_table /* max_ctx x rope_dim/2 */, __half* key_cache,
                                   __half* value_cache, int n_heads, int n_kv_heads, int head_dim, int rope_dim,
-                                  float rope_base, int max_seqs, int max_ctx, int layer) {
+                                  int max_seqs, int max_ctx, int layer) {
     int row = blockIdx.x;
     int q_dim = n_heads * head_dim, kv_dim = n_kv_heads * head_dim;
     __half* q = qkv + (size_t)row * (q_dim + 2 * kv_dim);
     int pos = positions[row];
     int half_rope = rope_dim / 2;
+    const float2* angles = rope_table + (size_t)pos * half_rope;
     for (int item = threadIdx.x; item < (n_heads + n_kv_heads) * half_rope; item += blockDim.x) {
         int head = item / half_rope, i = item % half_rope;
-        double angle = pos * pow((double)rope_base, -2.0 * i / rope_dim);
-        float c = (float)cos(angle), s = (float)sin(angle);
-        __half* p = q + (size_t)head * head_dim + 2 * i;  // k heads follow the q heads
-        float a = __half2float(p[0]), b = __half2float(p[1]);
-        p[0] = __float2half(a * c - b * s);
-        p[1] = __float2half(a * s + b * c);
+        float2 cs = angles[i];
+        __half2* p = (__half2*)(q + (size_t)head * head_dim + 2 * i);  // k heads follow the q heads
+        float2 ab = __half22float2(*p);
+        *p = __floats2half2_rn(ab.x * cs.x - ab.y * cs.y, ab.x * cs.y + ab.y * cs.x);
     }
     __syncthreads();
     size_t slot = (((size_t)layer * max_seqs + seq_ids[row]) * max_ctx + pos) * kv_dim;
-    for (int i = threadIdx.x; i < kv_dim; i += blockDim.x) {
-        key_cache[slot + i] = q[q_dim + i];
-        value_cache[slot + i] = q[q_dim + kv_dim + i];
+    const __half2* k = (const __half2*)(q + q_dim);
+    const __half2* v = (const __half2*)(q + q_dim + kv_dim);
+    __half2* kc = (__half2*)(key_cache + slot);
+    __half2* vc = (__half2*)(value_cache + slot);
+    for (int i = threadIdx.x; i < kv_dim / 2; i += blockDim.x) {
+        kc[i] = k[i];
+        vc[i] = v[i];
     }
 }
 
-/* One block per (head, row): scores over positions 0..pos in shared memory,
- * softmax in fp32, weighted sum of the values. */
-__global__ void attention_kernel(const __half* qkv, const int* seq_ids, const int* positions, const __half* key_cache,
-                                 const __half* value_cache, __half* out, int n_heads, int n_kv_heads, int head_dim,
-                                 int max_seqs, int max_ctx, int layer) {
+/* Decode attention, one block of kAttentionThreads per (head, row).
+ * Each warp takes positions t = warp, warp + warps, ...; its lanes split the
+ * head dimension in half2 pairs (pair = lane + 32 j), so a warp reads one
+ * key or value row with coalesced 4-byte loads. kAttentionUnroll positions
+ * are loaded before any is used, to keep enough reads in flight on the few
+ * blocks of a batch-1 step. Scores live in shared memory (max_ctx floats),
+ * softmax in fp32; each warp sums its positions' weighted values, the warps'
+ * sums are added in shared memory at the end. */
+__global__ void __launch_bounds__(kAttentionThreads)
+    attention_kernel(const __half* qkv /* rows x (q_dim + 2 kv_dim) */, const int* seq_ids, const int* positions,
+                     const __half* key_cache, const __half* value_cache, __half* out /* rows x q_dim */, int n_heads,
+                     int n_kv_heads, int head_dim, int max_seqs, int max_ctx, int layer) {
+    constexpr int kWarps = kAttentionThreads / 32;
+    constexpr int kPairsPerLane = kMaxHeadDim / 2 / 32;
     extern __shared__ float scores[];  // max_ctx
     __shared__ float reduce[32];
-    __shared__ float q[256];           // head_dim <= 256
+    __shared__ float2 q[kMaxHeadDim / 2];
+    __shared__ float2 partial[kWarps][kMaxHeadDim / 2];
     int head = blockIdx.x, row = blockIdx.y;
-    int q_dim = n_heads * head_dim, kv_dim = n_kv_heads * head_dim;
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int q_dim = n_heads * head_dim, kv_dim = n_kv_heads * head_dim, pairs = head_dim / 2;
     int kv_head = head / (n_heads / n_kv_heads);
     int pos = positions[row];
-    const __half* qr = qkv + (size_t)row * (q_dim + 2 * kv_dim) + (size_t)head * head_dim;
-    for (int i = threadIdx.x; i < head_dim; i += blockDim.x) q[i] = __half2float(qr[i]);
+    const __half2* qr = (const __half2*)(qkv + (size_t)row * (q_dim + 2 * kv_dim) + (size_t)head * head_dim);
+    for (int i = threadIdx.x; i < pairs; i += blockDim.x) q[i] = __half22float2(qr[i]);
     __syncthreads();
     size_t base = ((size_t)layer * max_seqs + seq_ids[row]) * max_ctx * kv_dim + (size_t)kv_head * head_dim;
+    const __half2* keys = (const __half2*)(key_cache + base);      // position t at keys + t * kv_dim / 2
+    const __half2* values = (const __half2*)(value_cache + base);  // likewise
+    size_t stride = (size_t)kv_dim / 2;
+    const __half2 zero = __floats2half2_rn(0.0f, 0.0f);
     float scale = rsqrtf((float)head_dim);
+
     float local_max = -INFINITY;
-    for (int t = threadIdx.x; t <= pos; t += blockDim.x) {
-        const __half* key = key_cache + base + (size_t)t * kv_dim;
-        float dot = 0.0f;
-        for (int i = 0; i < head_dim; i++) dot += q[i] * __half2float(key[i]);
-        scores[t] = dot * scale;
-        local_max = fmaxf(local_max, scores[t]);
+    for (int t0 = warp; t0 <= pos; t0 += kWarps * kAttentionUnroll) {
+        __half2 k[kAttentionUnroll][kPairsPerLane];
+#pragma unroll
+        for (int u = 0; u < kAttentionUnroll; u++) {
+            int t = t0 + u * kWarps;
+#pragma unroll
+            for (int j = 0; j < kPairsPerLane; j++) {
+                int i = lane + 32 * j;
+                k[u][j] = t <= pos && i < pairs ? keys[(size_t)t * stride + i] : zero;
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < kAttentionUnroll; u++) {
+            int t = t0 + u * kWarps;
+            float dot = 0.0f;
+#pragma unroll
+            for (int j = 0; j < kPairsPerLane; j++) {
+                int i = lane + 32 * j;
+                if (i < pairs) {
+                    float2 kf = __half22float2(k[u][j]), qf = q[i];
+                    dot += qf.x * kf.x + qf.y * kf.y;
+                }
+            }
+            dot = warp_sum(dot) * scale;
+            if (t <= pos) {
+                if (lane == 0) scores[t] = dot;
+                local_max = fmaxf(local_max, dot);
+            }
+        }
     }
-    float max_score = block_max(local_max, reduce);
+    float max_score = block_max(local_max, reduce);  // its barrier also publishes the scores
     float local_sum = 0.0f;
     for (int t = threadIdx.x; t <= pos; t += blockDim.x) {
         scores[t] = __expf(scores[t] - max_score);
         local_sum += scores[t];
     }
     float total = block_sum(local_sum, reduce);  // also orders the score writes before the reads below
+
+    float2 acc[kPairsPerLane];
+#pragma unroll
+    for (int j = 0; j < kPairsPerLane; j++) acc[j] = make_float2(0.0f, 0.0f);
+    for (int t0 = warp; t0 <= pos; t0 += kWarps * kAttentionUnroll) {
+        __half2 v[kAttentionUnroll][kPairsPerLane];
+        float p[kAttentionUnroll];
+#pragma unroll
+        for (int u = 0; u < kAttentionUnroll; u++) {
+            int t = t0 + u * kWarps;
+            p[u] = t <= pos ? scores[t] : 0.0f;
+#pragma unroll
+            for (int j = 0; j < kPairsPerLane; j++) {
+                int i = lane + 32 * j;
+                v[u][j] = t <= pos && i < pairs ? values[(size_t)t * stride + i] : zero;
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < kAttentionUnroll; u++)
+#pragma unroll
+            for (int j = 0; j < kPairsPerLane; j++) {
+                float2 vf = __half22float2(v[u][j]);
+                acc[j].x += p[u] * vf.x;
+                acc[j].y += p[u] * vf.y;
+            }
+    }
+#pragma unroll
+    for (int j = 0; j < kPairsPerLane; j++) {
+        int i = lane + 32 * j;
+        if (i < pairs) partial[warp][i] = acc[j];
+    }
+    __syncthreads();
     float inv_total = 1.0f / total;
-    __half* o = out + (size_t)row * q_dim + (size_t)head * head_dim;
-    for (int i = threadIdx.x; i < head_dim; i += blockDim.x) {
-        float acc = 0.0f;
-        for (int t = 0; t <= pos; t++) acc += scores[t] * __half2float(value_cache[base + (size_t)t * kv_dim + i]);
-        o[i] = __float2half(acc * inv_total);
+    __half2* o = (__half2*)(out + (size_t)row * q_dim + (size_t)head * head_dim);
+    for (int i = threadIdx.x; i < pairs; i += blockDim.x) {
+        float2 sum = make_float2(0.0f, 0.0f);
+        for (int w = 0; w < kWarps; w++) {
+            sum.x += partial[w][i].x;
+            sum.y += partial[w][i].y;
+        }
+        o[i] = __floats2half2_rn(sum.x * inv_total, sum.y * inv_total);
     }
 }
 
-__global__ void swiglu_kernel(const __half* gate_up, __half* hidden, int ffn) {
-    int row = blockIdx.x;
+/* hidden = silu(gate) * up; grid (ceil(ffn / kThreads), rows), one element
+ * per thread, so even a single row spreads over many SMs. */
+__global__ void swiglu_kernel(const __half* gate_up /* rows x 2 ffn */, __half* hidden /* rows x ffn */, int ffn) {
+    int row = blockIdx.y, i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= ffn) return;
     const __half* g = gate_up + (size_t)row * 2 * ffn;
-    for (int i = threadIdx.x; i < ffn; i += blockDim.x) {
-        float a = __half2float(g[i]), b = __half2float(g[ffn + i]);
-        hidden[(size_t)row * ffn + i] = __float2half(a / (1.0f + __expf(-a)) * b);
-    }
-}
-
-__global__ void residual_add_kernel(float* x, const __half* y, size_t count) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count; i += (size_t)gridDim.x * blockDim.x)
-        x[i] += __half2float(y[i]);
+    float a = __half2float(g[i]), b = __half2float(g[ffn + i]);
+    hidden[(size_t)row * ffn + i] = __float2half(a / (1.0f + __expf(-a)) * b);
 }
 
 /* splitmix64 of the index: reproducible synthetic data without cuRAND. */
@@ -350,9 +471,18 @@ int allocate_runtime(llama_gpu* gpu, char* error, size_t error_bytes) {
         device_alloc(&gpu->gate_up, rows * 2 * c.ffn_dim, error, error_bytes) ||
         device_alloc(&gpu->hidden, rows * c.ffn_dim, error, error_bytes) ||
         device_alloc(&gpu->logits, rows * c.vocab_size, error, error_bytes) ||
-        device_alloc(&gpu->tokens, rows, error, error_bytes) || device_alloc(&gpu->seq_ids, rows, error, error_bytes) ||
-        device_alloc(&gpu->positions, rows, error, error_bytes))
+        device_alloc(&gpu->row_ids, 3 * rows, error, error_bytes) ||
+        device_alloc(&gpu->rope_table, (size_t)gpu->max_ctx * (c.rope_dim / 2), error, error_bytes))
         return -1;
+    gpu->tokens = gpu->row_ids;
+    gpu->seq_ids = gpu->row_ids + rows;
+    gpu->positions = gpu->row_ids + 2 * rows;
+    CUDA_TRY(cudaMallocHost((void**)&gpu->host_row_ids, 3 * rows * sizeof(int)));
+    memset(gpu->host_row_ids, 0, 3 * rows * sizeof(int));
+    if (c.rope_dim / 2 > 0)
+        rope_table_kernel<<<grid_for((size_t)gpu->max_ctx * (c.rope_dim / 2)), kThreads>>>(
+            gpu->rope_table, gpu->max_ctx, c.rope_dim, c.rope_base);
+    CUDA_TRY(cudaGetLastError());
     /* one workspace, large enough for every int4 layer (calls are sequential on one stream) */
     size_t need = 0;
     for (int l = 0; l < c.n_layers; l++) {
@@ -375,13 +505,15 @@ int allocate_runtime(llama_gpu* gpu, char* error, size_t error_bytes) {
         CUDA_TRY(cudaMemset(gpu->workspace, 0, need));
     }
     gpu->attention_shared_bytes = (size_t)gpu->max_ctx * sizeof(float);
-    if (c.head_dim > 256) {
-        set_error(error, error_bytes, "head dimension %d > 256 is not supported on the GPU", c.head_dim);
+    /* the kernels handle head vectors as half2 pairs, up to kMaxHeadDim values */
+    if (c.head_dim > kMaxHeadDim || c.head_dim % 2 || c.rope_dim % 2 || c.rope_dim > c.head_dim) {
+        set_error(error, error_bytes, "head dimension %d / RoPE dimension %d not supported on the GPU (even, <= %d)",
+                  c.head_dim, c.rope_dim, kMaxHeadDim);
         return -1;
     }
-    if (gpu->attention_shared_bytes > 48 * 1024)
-        CUDA_TRY(cudaFuncSetAttribute(attention_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      (int)gpu->attention_shared_bytes));
+    /* always set: the kernel's static shared memory (about 9 KB) counts against the same 48 KB default */
+    CUDA_TRY(cudaFuncSetAttribute(attention_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  (int)gpu->attention_shared_bytes));
     /* the memsets above ran on the legacy stream; the forward pass uses `stream` */
     CUDA_TRY(cudaDeviceSynchronize());
     gpu->weight_bytes = (size_t)c.vocab_size * c.dim * 2;
@@ -452,9 +584,9 @@ extern "C" void llama_gpu_free(llama_gpu* gpu) {
     cudaFree(gpu->gate_up);
     cudaFree(gpu->hidden);
     cudaFree(gpu->logits);
-    cudaFree(gpu->tokens);
-    cudaFree(gpu->seq_ids);
-    cudaFree(gpu->positions);
+    cudaFree(gpu->row_ids);
+    if (gpu->host_row_ids) cudaFreeHost(gpu->host_row_ids);
+    cudaFree(gpu->rope_table);
     cudaFree(gpu->workspace);
     for (int i = 0; i < 65; i++)
         if (gpu->graphs[i]) cudaGraphExecDestroy(gpu->graphs[i]);
@@ -578,35 +710,37 @@ extern "C" size_t llama_gpu_weight_bytes(const llama_gpu* gpu) { return gpu->wei
 static int enqueue_forward(llama_gpu* gpu, int n_rows, char* error, size_t error_bytes) {
     const llama_config& c = gpu->config;
     cudaStream_t s = gpu->stream;
-    size_t residual = (size_t)n_rows * c.dim;
     embed_kernel<<<n_rows, kThreads, 0, s>>>(gpu->embedding, gpu->tokens, gpu->x, c.dim);
+    const float* first_norm = c.n_layers > 0 ? gpu->layers[0].attn_norm : gpu->output_norm;
+    residual_rmsnorm_kernel<<<n_rows, kNormThreads, 0, s>>>(gpu->x, nullptr, first_norm, gpu->xn, c.dim, c.norm_eps);
     CUDA_TRY(cudaGetLastError());
+    dim3 swiglu_grid((c.ffn_dim + kThreads - 1) / kThreads, n_rows);
     for (int l = 0; l < c.n_layers; l++) {
         const gpu_layer& L = gpu->layers[l];
-        rmsnorm_kernel<<<n_rows, kThreads, 0, s>>>(gpu->x, L.attn_norm, gpu->xn, c.dim, c.norm_eps);
-        CUDA_TRY(cudaGetLastError());
+        /* xn holds attn_norm(x) here */
         if (run_linear(gpu, L.qkv, gpu->xn, gpu->qkv, n_rows, error, error_bytes)) return -1;
-        rope_cache_kernel<<<n_rows, kThreads, 0, s>>>(gpu->qkv, gpu->seq_ids, gpu->positions, gpu->key_cache,
-                                                      gpu->value_cache, c.n_heads, c.n_kv_heads, c.head_dim,
-                                                      c.rope_dim, c.rope_base, gpu->max_seqs, gpu->max_ctx, l);
+        rope_cache_kernel<<<n_rows, kThreads, 0, s>>>(gpu->qkv, gpu->seq_ids, gpu->positions, gpu->rope_table,
+                                                      gpu->key_cache, gpu->value_cache, c.n_heads, c.n_kv_heads,
+                                                      c.head_dim, c.rope_dim, gpu->max_seqs, gpu->max_ctx, l);
         CUDA_TRY(cudaGetLastError());
         attention_kernel<<<dim3(c.n_heads, n_rows), kAttentionThreads, gpu->attention_shared_bytes, s>>>(
             gpu->qkv, gpu->seq_ids, gpu->positions, gpu->key_cache, gpu->value_cache, gpu->attn, c.n_heads,
             c.n_kv_heads, c.head_dim, gpu->max_seqs, gpu->max_ctx, l);
         CUDA_TRY(cudaGetLastError());
         if (run_linear(gpu, L.out, gpu->attn, gpu->proj, n_rows, error, error_bytes)) return -1;
-        residual_add_kernel<<<grid_for(residual), kThreads, 0, s>>>(gpu->x, gpu->proj, residual);
-        rmsnorm_kernel<<<n_rows, kThreads, 0, s>>>(gpu->x, L.ffn_norm, gpu->xn, c.dim, c.norm_eps);
+        residual_rmsnorm_kernel<<<n_rows, kNormThreads, 0, s>>>(gpu->x, gpu->proj, L.ffn_norm, gpu->xn, c.dim,
+                                                                c.norm_eps);
         CUDA_TRY(cudaGetLastError());
         if (run_linear(gpu, L.gate_up, gpu->xn, gpu->gate_up, n_rows, error, error_bytes)) return -1;
-        swiglu_kernel<<<n_rows, kThreads, 0, s>>>(gpu->gate_up, gpu->hidden, c.ffn_dim);
+        swiglu_kernel<<<swiglu_grid, kThreads, 0, s>>>(gpu->gate_up, gpu->hidden, c.ffn_dim);
         CUDA_TRY(cudaGetLastError());
         if (run_linear(gpu, L.down, gpu->hidden, gpu->proj, n_rows, error, error_bytes)) return -1;
-        residual_add_kernel<<<grid_for(residual), kThreads, 0, s>>>(gpu->x, gpu->proj, residual);
+        /* the residual add, then the next layer's attention norm (or the output norm) */
+        const float* next_norm = l + 1 < c.n_layers ? gpu->layers[l + 1].attn_norm : gpu->output_norm;
+        residual_rmsnorm_kernel<<<n_rows, kNormThreads, 0, s>>>(gpu->x, gpu->proj, next_norm, gpu->xn, c.dim,
+                                                                c.norm_eps);
         CUDA_TRY(cudaGetLastError());
     }
-    rmsnorm_kernel<<<n_rows, kThreads, 0, s>>>(gpu->x, gpu->output_norm, gpu->xn, c.dim, c.norm_eps);
-    CUDA_TRY(cudaGetLastError());
     const float alpha = 1.0f, beta = 0.0f;
     cublasStatus_t cs = cublasGemmEx(gpu->cublas, CUBLAS_OP_T, CUBLAS_OP_N, c.vocab_size, n_rows, c.dim, &alpha,
                                      gpu->output, CUDA_R_16F, c.dim, gpu->xn, CUDA_R_16F, c.dim, &beta, gpu->logits,
@@ -660,9 +794,13 @@ extern "C" int llama_gpu_forward(llama_gpu* gpu, const int* tokens, const int* s
             return -1;
         }
     cudaStream_t s = gpu->stream;
-    CUDA_TRY(cudaMemcpyAsync(gpu->tokens, tokens, n_rows * sizeof(int), cudaMemcpyHostToDevice, s));
-    CUDA_TRY(cudaMemcpyAsync(gpu->seq_ids, seq_ids, n_rows * sizeof(int), cudaMemcpyHostToDevice, s));
-    CUDA_TRY(cudaMemcpyAsync(gpu->positions, positions, n_rows * sizeof(int), cudaMemcpyHostToDevice, s));
+    /* one asynchronous copy from pinned memory instead of three staged ones;
+     * the previous call synchronized, so the mirror is free to overwrite */
+    int* ids = gpu->host_row_ids;
+    memcpy(ids, tokens, n_rows * sizeof(int));
+    memcpy(ids + gpu->max_rows, seq_ids, n_rows * sizeof(int));
+    memcpy(ids + 2 * gpu->max_rows, positions, n_rows * sizeof(int));
+    CUDA_TRY(cudaMemcpyAsync(gpu->row_ids, ids, 3 * (size_t)gpu->max_rows * sizeof(int), cudaMemcpyHostToDevice, s));
     /* decode-sized calls replay a captured graph: one launch instead of ~15 per layer */
     if (gpu->use_graphs && n_rows <= 64 && !gpu->graphs[n_rows]) capture_graph(gpu, n_rows);
     if (gpu->use_graphs && n_rows <= 64 && gpu->graphs[n_rows]) {
