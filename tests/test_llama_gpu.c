@@ -6,7 +6,7 @@
  * logits must match the CPU logits: relative error (max |gpu - cpu| / max
  * |cpu|) < 1e-2, and the same top-1 token on >= 99% of positions.
  *   1. a tiny random model (2 layers, dim 128), a 24-token prompt, then
- *      batched decoding of 3 sequences;
+ *      batched decoding of 3 sequences, and one 150-position sequence;
  *   2. the real SmolLM2-135M (models/SmolLM2-135M-Instruct.gguf or
  *      MARLIN_LLAMA_MODEL) on the first 256 tokens of carroll-alice, original
  *      weights and int4 g128 RTN. The 94 MB model cannot always travel to a
@@ -86,7 +86,7 @@ static void quantize_rtn(llama_model* m, int group) {
 static void tiny_model_cases(void) {
     llama_model m;
     test_llama_random_model(&m);
-    enum { T = 24 };
+    enum { T = 24, LONG = 150 };
     int tokens[3 * T], seq[3 * T], pos[3 * T];
     for (int i = 0; i < 3 * T; i++) {
         tokens[i] = test_rand_int(m.config.vocab_size);
@@ -103,6 +103,16 @@ static void tiny_model_cases(void) {
         int step_tok[3] = {tokens[0], tokens[T], tokens[2 * T]}, step_seq[3] = {0, 1, 2}, step_pos[3] = {0, 0, 0};
         snprintf(what, sizeof(what), "%s, batch of 3 sequences, one row each", name);
         compare_backends(&m, step_tok, step_seq, step_pos, 3, 3, T, what);
+        /* one sequence of LONG positions in one call: the attention kernel's
+         * warps each take several batches of positions (8 warps x 4 per batch) */
+        int long_tok[LONG], long_seq[LONG], long_pos[LONG];
+        for (int i = 0; i < LONG; i++) {
+            long_tok[i] = test_rand_int(m.config.vocab_size);
+            long_seq[i] = 0;
+            long_pos[i] = i;
+        }
+        snprintf(what, sizeof(what), "%s, one sequence x %d positions", name, LONG);
+        compare_backends(&m, long_tok, long_seq, long_pos, LONG, 1, LONG, what);
     }
     llama_model_free(&m);
 }
