@@ -165,7 +165,11 @@ marlin_status plan_launch(int rows, int n, int k, const DeviceInfo& device, Laun
     /* Equal runs for all block slots, but no shorter than kMinItersPerBlock: a
      * run of one or two steps is all pipeline fill and reduction. */
     int iters_per_block = (total + block_slots - 1) / block_slots;
-    if (iters_per_block < kMinItersPerBlock) iters_per_block = total < kMinItersPerBlock ? total : kMinItersPerBlock;
+    int min_iters = kMinItersPerBlock;
+#ifdef MARLIN_TUNING
+    if (const char* forced = getenv("MARLIN_MIN_ITERS")) min_iters = atoi(forced) > 0 ? atoi(forced) : 1;
+#endif
+    if (iters_per_block < min_iters) iters_per_block = total < min_iters ? total : min_iters;
     plan->variant = best;
     plan->iters_per_block = iters_per_block;
     plan->grid = (total + iters_per_block - 1) / iters_per_block;
