@@ -130,4 +130,15 @@ static inline void test_llama_reference_forward(const llama_model* m, const int*
     free(q_all);
 }
 
+/* The real model and evaluation text: MARLIN_LLAMA_MODEL / MARLIN_LLAMA_TEXT,
+ * else the fetched SmolLM2 and carroll-alice from ../shared. */
+static inline const char* test_llama_model_path(void) {
+    const char* env = getenv("MARLIN_LLAMA_MODEL");
+    return env ? env : "models/SmolLM2-135M-Instruct.gguf";
+}
+static inline const char* test_llama_text_path(void) {
+    const char* env = getenv("MARLIN_LLAMA_TEXT");
+    return env ? env : "../shared/data/gutenberg/carroll-alice.txt";
+}
+
 #endif /* TEST_LLAMA_COMMON_H */

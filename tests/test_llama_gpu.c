@@ -118,8 +118,8 @@ static void tiny_model_cases(void) {
 }
 
 static void real_model_cases(void) {
-    const char* model_path = getenv("MARLIN_LLAMA_MODEL") ? getenv("MARLIN_LLAMA_MODEL") : "models/SmolLM2-135M-Instruct.gguf";
-    const char* text_path = getenv("MARLIN_LLAMA_TEXT") ? getenv("MARLIN_LLAMA_TEXT") : "../shared/data/gutenberg/carroll-alice.txt";
+    const char* model_path = test_llama_model_path();
+    const char* text_path = test_llama_text_path();
     llama_model m;
     char error[1024] = "";
     FILE* probe = fopen(model_path, "rb");

@@ -20,6 +20,7 @@
 
 #include "cpu.h"
 #include "model.h"
+#include "test_llama_common.h"
 #include "test_util.h"
 
 /* Recorded with this code on an x86-64 CPU (2 threads); the tolerance covers
@@ -84,8 +85,8 @@ static int greedy(llama_cpu_state* st, const int* prompt, int n_prompt, int n_ne
 
 int main(void) {
     test_seed("test_llama_model");
-    const char* model_path = getenv("MARLIN_LLAMA_MODEL") ? getenv("MARLIN_LLAMA_MODEL") : "models/SmolLM2-135M-Instruct.gguf";
-    const char* text_path = getenv("MARLIN_LLAMA_TEXT") ? getenv("MARLIN_LLAMA_TEXT") : "../shared/data/gutenberg/carroll-alice.txt";
+    const char* model_path = test_llama_model_path();
+    const char* text_path = test_llama_text_path();
     llama_model m;
     char error[1024] = "";
     FILE* probe = fopen(model_path, "rb");
