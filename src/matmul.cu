@@ -70,7 +70,6 @@ struct LaunchPlan {
     const KernelVariant* variant;
     int grid;
     int iters_per_block;
-    int slices;
 };
 
 /* Device facts are fixed for the life of the process, so they are read once
@@ -79,7 +78,6 @@ struct LaunchPlan {
 constexpr int kMaxDevices = 64;
 struct CachedDeviceInfo {
     int ready; /* 0: not read yet; 1: ready */
-    int major;
     DeviceInfo info;
 };
 CachedDeviceInfo device_cache[kMaxDevices];
@@ -99,7 +97,7 @@ marlin_status query_device(DeviceInfo* info, int* device_out) {
             cudaGetLastError();
             return MARLIN_STATUS_NO_DEVICE;
         }
-        if (cudaDeviceGetAttribute(&entry.major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+        if (cudaDeviceGetAttribute(&entry.info.major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
             cudaDeviceGetAttribute(&entry.info.sm_count, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
             cudaDeviceGetAttribute(&entry.info.smem_per_block_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin,
                                    device) != cudaSuccess ||
@@ -107,14 +105,12 @@ marlin_status query_device(DeviceInfo* info, int* device_out) {
                                    device) != cudaSuccess)
             return MARLIN_STATUS_CUDA_ERROR;
         if (device < kMaxDevices) {
-            device_cache[device].major = entry.major;
             device_cache[device].info = entry.info;
             __atomic_store_n(&device_cache[device].ready, 1, __ATOMIC_RELEASE);
         }
     }
-    if (entry.major < 8) return MARLIN_STATUS_UNSUPPORTED_ARCH;
+    if (entry.info.major < 8) return MARLIN_STATUS_UNSUPPORTED_ARCH;
     *info = entry.info;
-    info->major = entry.major;
     if (device_out) *device_out = device;
     return MARLIN_STATUS_SUCCESS;
 }
@@ -153,7 +149,7 @@ marlin_status plan_launch(int rows, int n, int k, const DeviceInfo& device, Laun
     /* Tuning builds only: MARLIN_VARIANT=i forces table entry i where it fits. */
     if (const char* forced = getenv("MARLIN_VARIANT")) {
         int i = atoi(forced);
-        if (i >= 0 && i < (int)(sizeof(kVariants) / sizeof(kVariants[0])) && fits(kVariants[i])) best = &kVariants[i];
+        if (i >= 0 && i < kVariantCount && fits(kVariants[i])) best = &kVariants[i];
     }
 #endif
     if (!best) return MARLIN_STATUS_UNSUPPORTED_ARCH; /* too little shared memory for any variant */
@@ -173,7 +169,6 @@ marlin_status plan_launch(int rows, int n, int k, const DeviceInfo& device, Laun
     plan->variant = best;
     plan->iters_per_block = iters_per_block;
     plan->grid = (total + iters_per_block - 1) / iters_per_block;
-    plan->slices = slices;
     return MARLIN_STATUS_SUCCESS;
 }
 
