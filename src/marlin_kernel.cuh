@@ -11,17 +11,24 @@
  *    so every SM gets the same amount of work whatever the tile count. A run
  *    may start or end inside a slice; such partial slices are summed through
  *    the workspace (below).
- *  - Warps. 8 warps; warp w owns n-tile w % N_TILES (64 columns) and every
- *    K_GROUPS-th 16-row k-tile of a step, where K_GROUPS = 8 / N_TILES. So
- *    several warps share one output tile, each summing a share of k; they are
- *    reduced through shared memory at the end of a slice, in fixed order.
- *  - Pipeline. STAGES shared-memory buffers filled by cp.async (16-byte
- *    copies that skip L1) STAGES-1 iterations ahead of the compute; one
- *    barrier per iteration.
+ *  - Warps. 8 warps; warp w owns n-tile w % N_TILES (64 columns) and the
+ *    (w / N_TILES)-th of K_GROUPS = 8 / N_TILES equal runs of k-tiles of a
+ *    step. So several warps share one output tile, each summing a share of
+ *    k; they are reduced through shared memory at the end of a slice, in
+ *    fixed order.
+ *  - Pipeline. STAGES shared-memory buffers filled STAGES-1 iterations
+ *    ahead of the compute; one barrier per iteration. On sm_90 the copy
+ *    engine fetches the weights and scales: one lane per warp issues one or
+ *    two bulk copies per step (a k-tile row of weights, 2 KB contiguous, or
+ *    a row of scales) that complete on the stage's mbarrier, so copying
+ *    costs almost no instructions. A (few bytes, many short rows), and
+ *    everything before sm_90, is copied by all threads with cp.async 16-byte
+ *    copies that skip L1. Rows of A are padded by 16 bytes in shared memory,
+ *    so ldmatrix reads them without bank conflicts.
  *  - Inner loop. The B words a lane loads already hold its m16n8k16 operand
  *    fragments (layout.h), so dequantization is a few lop3/hsub2/hfma2 in
  *    registers, scaled by one hmul2, feeding mma.sync directly. A comes from
- *    shared memory by ldmatrix, XOR-swizzled to be free of bank conflicts.
+ *    shared memory by ldmatrix.
  *  - Launch overlap. On sm_90 a launch may begin while the previous kernel on
  *    the stream finishes (programmatic dependent launch): the first stages of
  *    weights are fetched before griddepcontrol.wait, A and C only after.
@@ -91,6 +98,52 @@ __device__ __forceinline__ void allow_next_grid() {
 #endif
 }
 
+/* mbarrier and bulk-copy (copy engine) helpers, sm_90 only. A stage's
+ * mbarrier completes a phase once its one expected arrival has happened and
+ * every byte announced with expect_tx has landed. */
+__device__ __forceinline__ void mbarrier_init(uint64_t* barrier, int count) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(shared_address(barrier)), "r"(count));
+#endif
+}
+/* Makes initialized mbarriers visible to the copy engine. */
+__device__ __forceinline__ void mbarrier_init_fence() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+#endif
+}
+/* The one arrival of a phase, announcing the bytes that phase waits for. */
+__device__ __forceinline__ void mbarrier_arrive_expect_bytes(uint64_t* barrier, uint32_t bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(shared_address(barrier)),
+                 "r"(bytes)
+                 : "memory");
+#endif
+}
+/* Spins until the phase with the given parity has completed. */
+__device__ __forceinline__ void mbarrier_wait(uint64_t* barrier, uint32_t parity) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    uint32_t done = 0;
+    do {
+        asm volatile(
+            "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+            : "=r"(done)
+            : "r"(shared_address(barrier)), "r"(parity)
+            : "memory");
+    } while (!done);
+#endif
+}
+/* Copies `bytes` (a multiple of 16, both addresses 16-byte aligned) from
+ * global to shared memory with the copy engine, completing on `barrier`. */
+__device__ __forceinline__ void bulk_copy(void* dst, const void* src, uint32_t bytes, uint64_t* barrier) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
+                     shared_address(dst)),
+                 "l"(src), "r"(bytes), "r"(shared_address(barrier))
+                 : "memory");
+#endif
+}
+
 /* Four 8x8 fp16 matrices from shared memory: exactly an m16k16 A fragment. */
 __device__ __forceinline__ void load_matrix_x4(uint32_t (&frag)[4], const void* smem_row) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
@@ -155,8 +208,8 @@ struct TileConfig {
     static constexpr int kKTilesPerWarp = K_TILES / kKGroups;
     static constexpr int kScaleRows = kBK / 32 > 0 ? kBK / 32 : 1; /* most groups one step spans */
     /* Shared memory, in int4 (16-byte) units. */
-    static constexpr int kAChunksPerRow = kBK / 8;
-    static constexpr int kAStage = kBM * kAChunksPerRow;
+    static constexpr int kARowChunks = kBK / 8 + 1; /* a row of A plus 16 bytes of padding */
+    static constexpr int kAStage = kBM * kARowChunks;
     static constexpr int kBStage = K_TILES * N_TILES * 32;
     static constexpr int kSStage = kScaleRows * kBN / 8;
     static constexpr int kStage = kAStage + kBStage + kSStage;
@@ -167,26 +220,38 @@ struct TileConfig {
 
     static_assert(kWarps % N_TILES == 0, "N_TILES must divide the warp count");
     static_assert(K_TILES % kKGroups == 0, "every warp needs the same number of k-tiles");
-    static_assert(kAChunksPerRow >= 8, "the A swizzle needs rows of at least 8 chunks");
     static_assert(STAGES >= 2, "the pipeline needs at least two stages");
 };
 
 /* BLOCKS_PER_SM: blocks meant to share one SM (caps registers to fit); two
  * blocks overlap one block's barrier and fragment-load latency with the
- * other's work. */
+ * other's work.
+ *
+ * The loop is written for few instructions per weight byte: at m <= 16 an
+ * SM must consume ~11 bytes of weights per cycle, so every instruction
+ * outside dequantization and mma counts (hence the copy engine on sm_90,
+ * offsets worked out once per run, and all fragments of a step read before
+ * the first is used). */
 template <typename Format, int M_BLOCKS, int N_TILES, int K_TILES, int STAGES, int BLOCKS_PER_SM>
 __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(const KernelArgs args) {
     using Cfg = TileConfig<M_BLOCKS, N_TILES, K_TILES, STAGES>;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    constexpr bool kCopyEngine = true;
+#else
+    constexpr bool kCopyEngine = false;
+#endif
     extern __shared__ int4 smem[];
-    __shared__ int is_last_arrival; /* set by thread 0 in finish_slice */
+    __shared__ int is_last_arrival;              /* set by thread 0 in finish_slice */
+    __shared__ uint64_t stage_full[STAGES];      /* copy engine: one mbarrier per stage */
     int4* smem_reduce = smem + STAGES * Cfg::kStage;
 
     const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
     const int warp_n_tile = warp % N_TILES, warp_k_group = warp / N_TILES;
-    const int n = args.n, k = args.k;
+    const int n = args.n, k = args.k, m = args.m;
     const int k_tiles_total = k / 16, n_tiles_total = n / 64;
     const int k_iters = (k + Cfg::kBK - 1) / Cfg::kBK;
     const int slices = (n + Cfg::kBN - 1) / Cfg::kBN;
+    const int rows = m < Cfg::kBM ? m : Cfg::kBM; /* rows of A this launch reads */
 
     const int run_begin = blockIdx.x * args.iters_per_block;
     int run_end = run_begin + args.iters_per_block;
@@ -194,70 +259,94 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
     const int run_length = run_end - run_begin;
     if (run_length <= 0) return;
 
-    /* Per-thread copy assignments are fixed for the whole run: work them out
-     * once, so each iteration only adds the step's k and n offsets. */
-    constexpr int kALoads = (Cfg::kAStage + kThreads - 1) / kThreads;
-    constexpr int kBLoads = (Cfg::kBStage + kThreads - 1) / kThreads;
-    constexpr int kSLoads = (Cfg::kSStage + kThreads - 1) / kThreads;
-    const int4* a_src[kALoads];
-    int a_dst[kALoads], a_col[kALoads];
-    bool a_row_ok[kALoads];
-#pragma unroll
-    for (int j = 0; j < kALoads; j++) {
-        int i = tid + j * kThreads;
-        int row = i / Cfg::kAChunksPerRow, chunk = i % Cfg::kAChunksPerRow;
-        a_row_ok[j] = i < Cfg::kAStage && row < args.m;
-        a_src[j] = args.A + (size_t)(a_row_ok[j] ? row : 0) * (k / 8) + chunk;
-        a_dst[j] = row * Cfg::kAChunksPerRow + (chunk ^ (row % 8));
-        a_col[j] = chunk * 8;
-    }
-    int b_src[kBLoads], b_k_tile[kBLoads], b_n_tile[kBLoads];
-#pragma unroll
-    for (int j = 0; j < kBLoads; j++) {
-        int i = tid + j * kThreads;
-        int tile = i / 32;
-        b_k_tile[j] = tile / N_TILES;
-        b_n_tile[j] = i < Cfg::kBStage ? tile % N_TILES : n_tiles_total; /* past the end: never valid */
-        b_src[j] = (b_k_tile[j] * n_tiles_total + b_n_tile[j]) * 32 + i % 32;
-    }
-    int s_row[kSLoads], s_col[kSLoads];
-#pragma unroll
-    for (int j = 0; j < kSLoads; j++) {
-        int i = tid + j * kThreads;
-        s_row[j] = i < Cfg::kSStage ? i / (Cfg::kBN / 8) : Cfg::kScaleRows; /* past the end: never valid */
-        s_col[j] = (i % (Cfg::kBN / 8)) * 8;
+    if constexpr (kCopyEngine) {
+        if (tid == 0) {
+            for (int i = 0; i < STAGES; i++) mbarrier_init(&stage_full[i], 1);
+            mbarrier_init_fence();
+        }
+        __syncthreads();
     }
 
-    /* Issues the copies of A for one iteration (column slice, k step). */
+    /* ---- copies into a stage. Rows of A at or past m are never copied: their
+     * garbage only reaches rows of C that are never stored (an mma row
+     * depends on its own A row alone). Weights, scales and A columns of
+     * k-tiles past k are not copied either: compute skips those k-tiles. */
+    auto step_shape = [&](int slice, int k_step, int& valid_n_tiles, int& weight_rows, int& scale_rows) {
+        const int k0 = k_step * Cfg::kBK, k_tile0 = k0 / 16, n_tile0 = slice * N_TILES;
+        valid_n_tiles = n_tiles_total - n_tile0 < N_TILES ? n_tiles_total - n_tile0 : N_TILES;
+        weight_rows = k_tiles_total - k_tile0 < K_TILES ? k_tiles_total - k_tile0 : K_TILES;
+        scale_rows = (((k0 + Cfg::kBK < k ? k0 + Cfg::kBK : k) - 1) >> args.group_shift) - (k0 >> args.group_shift) + 1;
+    };
+    /* Weights and scales, sm_90: the copy engine. Lane 0 of warp w copies
+     * k-tile row w of the weights (and k-tile row w + 8, ...), lane 0 of
+     * warp 7 - r scale row r: one or two bulk copies per warp, so no warp
+     * lags at the next barrier. Thread 0 makes the stage's one arrival,
+     * announcing all its bytes (the copies may land before or after). */
+    auto engine_load_weights = [&](int stage_index, int slice, int k_step) {
+        int valid_n_tiles, weight_rows, scale_rows;
+        step_shape(slice, k_step, valid_n_tiles, weight_rows, scale_rows);
+        uint64_t* barrier = &stage_full[stage_index];
+        if (tid == 0)
+            mbarrier_arrive_expect_bytes(barrier, (uint32_t)(weight_rows * 512 + scale_rows * 128) * valid_n_tiles);
+        if (lane != 0) return;
+        const int k0 = k_step * Cfg::kBK, k_tile0 = k0 / 16, n_tile0 = slice * N_TILES;
+        int4* stage = smem + stage_index * Cfg::kStage;
+#pragma unroll
+        for (int row = warp; row < K_TILES; row += kWarps)
+            if (row < weight_rows)
+                bulk_copy(stage + Cfg::kAStage + row * N_TILES * 32,
+                          args.B + ((size_t)(k_tile0 + row) * n_tiles_total + n_tile0) * 32, valid_n_tiles * 512,
+                          barrier);
+        const int scale_row = kWarps - 1 - warp;
+        if (scale_row < scale_rows)
+            bulk_copy(stage + Cfg::kAStage + Cfg::kBStage + scale_row * (Cfg::kBN / 8),
+                      args.scales + ((size_t)((k0 >> args.group_shift) + scale_row) * n + n_tile0 * 64) / 8,
+                      valid_n_tiles * 128, barrier);
+    };
+    /* Weights and scales before sm_90, and A on every GPU: cp.async 16-byte
+     * copies, each thread a fixed share. (A through the copy engine would
+     * take one small copy per row.) */
+    constexpr int kALoads = (Cfg::kBM * (Cfg::kBK / 8) + kThreads - 1) / kThreads;
+    constexpr int kBLoads = Cfg::kBStage / kThreads;
+    constexpr int kBRowsPerLoad = kThreads / 32 / N_TILES; /* k-tile rows between a thread's weight chunks */
+    static_assert(Cfg::kBStage % kThreads == 0, "every thread copies the same number of weight chunks");
+    static_assert(Cfg::kSStage <= kThreads, "one scale chunk per thread at most");
+    static_assert(Cfg::kScaleRows <= kWarps, "one warp per scale row");
+    auto thread_load_weights = [&](int stage_index, int slice, int k_step) {
+        int valid_n_tiles, weight_rows, scale_rows;
+        step_shape(slice, k_step, valid_n_tiles, weight_rows, scale_rows);
+        const int k0 = k_step * Cfg::kBK, k_tile0 = k0 / 16, n_tile0 = slice * N_TILES;
+        int4* stage = smem + stage_index * Cfg::kStage;
+        const int b_k_tile = tid / 32 / N_TILES, b_n_tile = tid / 32 % N_TILES;
+        if (b_n_tile < valid_n_tiles) {
+            const int4* src = args.B + ((size_t)(k_tile0 + b_k_tile) * n_tiles_total + n_tile0 + b_n_tile) * 32 + lane;
+#pragma unroll
+            for (int j = 0; j < kBLoads; j++)
+                if (b_k_tile + j * kBRowsPerLoad < weight_rows)
+                    copy_async_16(stage + Cfg::kAStage + tid + j * kThreads,
+                                  src + (size_t)j * kBRowsPerLoad * n_tiles_total * 32, true);
+        }
+        const int s_row = tid / (Cfg::kBN / 8), s_chunk = tid % (Cfg::kBN / 8);
+        if (tid < Cfg::kSStage && s_row < scale_rows && s_chunk < valid_n_tiles * 8)
+            copy_async_16(stage + Cfg::kAStage + Cfg::kBStage + tid,
+                          args.scales + ((size_t)((k0 >> args.group_shift) + s_row) * n + n_tile0 * 64) / 8 + s_chunk,
+                          true);
+    };
+    auto load_weights = [&](int stage_index, int slice, int k_step) {
+        if constexpr (kCopyEngine)
+            engine_load_weights(stage_index, slice, k_step);
+        else
+            thread_load_weights(stage_index, slice, k_step);
+    };
     auto load_activations = [&](int stage_index, int k_step) {
         const int k0 = k_step * Cfg::kBK;
-        int4* stage_a = smem + stage_index * Cfg::kStage;
+        int4* stage = smem + stage_index * Cfg::kStage;
 #pragma unroll
         for (int j = 0; j < kALoads; j++) {
-            if (tid + j * kThreads >= Cfg::kAStage) break;
-            bool valid = a_row_ok[j] && k0 + a_col[j] < k;
-            copy_async_16(stage_a + a_dst[j], valid ? a_src[j] + k0 / 8 : args.A, valid);
-        }
-    };
-    /* Issues the copies of the weights and scales of one iteration. */
-    auto load_weights = [&](int stage_index, int slice, int k_step) {
-        const int k0 = k_step * Cfg::kBK, n0 = slice * Cfg::kBN;
-        const int k_tile0 = k0 / 16, n_tile0 = n0 / 64;
-        int4* stage_b = smem + stage_index * Cfg::kStage + Cfg::kAStage;
-        int4* stage_s = stage_b + Cfg::kBStage;
-        const size_t b_base = ((size_t)k_tile0 * n_tiles_total + n_tile0) * 32;
-#pragma unroll
-        for (int j = 0; j < kBLoads; j++) {
-            if (k_tile0 + b_k_tile[j] < k_tiles_total && n_tile0 + b_n_tile[j] < n_tiles_total)
-                copy_async_16(stage_b + tid + j * kThreads, args.B + b_base + b_src[j], true);
-        }
-        const int first_scale_row = k0 >> args.group_shift;
-        const int last_scale_row = ((k0 + Cfg::kBK < k ? k0 + Cfg::kBK : k) - 1) >> args.group_shift;
-#pragma unroll
-        for (int j = 0; j < kSLoads; j++) {
-            int row = first_scale_row + s_row[j];
-            if (row <= last_scale_row && n0 + s_col[j] < n)
-                copy_async_16(stage_s + tid + j * kThreads, args.scales + ((size_t)row * n + n0 + s_col[j]) / 8, true);
+            const int i = tid + j * kThreads, row = i / (Cfg::kBK / 8), chunk = i % (Cfg::kBK / 8);
+            if (row < rows && k0 + chunk * 8 < k)
+                copy_async_16(stage + row * Cfg::kARowChunks + chunk, args.A + ((size_t)row * k + k0) / 8 + chunk,
+                              true);
         }
     };
 
@@ -272,48 +361,84 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
     };
     clear_acc();
 
-    /* Tensor-core work of iteration t on its stage. */
+    /* With 16 rows, all weight words and A fragments of a warp's k-tiles are
+     * read up front (latency hidden behind the first k-tiles' math); with
+     * more rows the accumulators leave no registers for that: per k-tile. */
+    constexpr bool kPreload = M_BLOCKS == 1;
+    /* Warp w sums k-tiles w_k * T ... w_k * T + T - 1 of each step (T =
+     * kKTilesPerWarp, w_k = warp_k_group). A step never spans groups
+     * unevenly (g divides BK, or BK divides g and steps are aligned to BK),
+     * so the scale row of k-tile j within the step is (its k offset) >>
+     * shift; when one group covers all of a warp's k-tiles (g >= 16 T, e.g.
+     * g = 128), the warp reads its scales once per step. */
+    const int warp_k_offset = warp_k_group * Cfg::kKTilesPerWarp * 16; /* in the step */
+    const bool warp_one_scale_row =
+        (warp_k_offset >> args.group_shift) == ((warp_k_offset + Cfg::kKTilesPerWarp * 16 - 16) >> args.group_shift);
+    const int lane_a_offset = (lane % 16) * Cfg::kARowChunks + lane / 16 + warp_k_offset / 8;
+    const int lane_b_offset = Cfg::kAStage + (warp_k_group * Cfg::kKTilesPerWarp * N_TILES + warp_n_tile) * 32 + lane;
+    const int lane_scale_offset = Cfg::kAStage + Cfg::kBStage + (warp_n_tile * 64 + (lane / 4) * 8) / 8;
+    /* Tensor-core work of one iteration on its stage. */
     auto compute_iteration = [&](int stage_index, int slice, int k_step) {
-        const int k0 = k_step * Cfg::kBK;
         if (slice * N_TILES + warp_n_tile >= n_tiles_total) return; /* past the last column */
+        const int k0 = k_step * Cfg::kBK;
+        const bool full_k = k0 + Cfg::kBK <= k;
         const int4* stage = smem + stage_index * Cfg::kStage;
-        const int4* stage_a = stage;
-        const int4* stage_b = stage + Cfg::kAStage;
-        const half* stage_s = reinterpret_cast<const half*>(stage_b + Cfg::kBStage);
+        int4 b_words[kPreload ? Cfg::kKTilesPerWarp : 1];
+        uint32_t a_frags[kPreload ? Cfg::kKTilesPerWarp : 1][M_BLOCKS][4];
+        auto load_a = [&](uint32_t (&frag)[M_BLOCKS][4], int j) {
 #pragma unroll
-        for (int j = 0; j < Cfg::kKTilesPerWarp; j++) {
-            const int kt_local = warp_k_group + j * Cfg::kKGroups;
-            const int k_index = k0 + kt_local * 16;
-            if (k_index >= k) break;
-            const int4 b_words = stage_b[(kt_local * N_TILES + warp_n_tile) * 32 + lane];
-            const int scale_row = (k_index >> args.group_shift) - (k0 >> args.group_shift);
-            const int4 scale_vec = *reinterpret_cast<const int4*>(
-                stage_s + scale_row * Cfg::kBN + warp_n_tile * 64 + (lane / 4) * 8);
-            const uint32_t* scale_pairs = reinterpret_cast<const uint32_t*>(&scale_vec);
-            uint32_t a_frag[M_BLOCKS][4];
+            for (int mb = 0; mb < M_BLOCKS; mb++)
+                load_matrix_x4(frag[mb], stage + lane_a_offset + j * 2 + mb * 16 * Cfg::kARowChunks);
+        };
+        auto scales_of = [&](int j) {
+            return stage[lane_scale_offset + ((warp_k_offset + j * 16) >> args.group_shift) * (Cfg::kBN / 8)];
+        };
+        auto load_b = [&](int j) { return stage[lane_b_offset + j * N_TILES * 32]; };
+        if constexpr (kPreload) {
 #pragma unroll
-            for (int mb = 0; mb < M_BLOCKS; mb++) {
-                int row = mb * 16 + lane % 16, chunk = kt_local * 2 + lane / 16;
-                load_matrix_x4(a_frag[mb], stage_a + row * Cfg::kAChunksPerRow + (chunk ^ (row % 8)));
+            for (int j = 0; j < Cfg::kKTilesPerWarp; j++) {
+                b_words[j] = load_b(j);
+                load_a(a_frags[j], j);
             }
-            const uint32_t words[4] = {(uint32_t)b_words.x, (uint32_t)b_words.y, (uint32_t)b_words.z,
-                                       (uint32_t)b_words.w};
+        }
+        /* k-tile j: dequantize, scale and multiply. */
+        auto multiply = [&](int j, const int4& scale_vec) {
+            if constexpr (!kPreload) {
+                b_words[0] = load_b(j);
+                load_a(a_frags[0], j);
+            }
+            const uint32_t(&a)[M_BLOCKS][4] = a_frags[kPreload ? j : 0];
+            const int4& b = b_words[kPreload ? j : 0];
+            const uint32_t words[4] = {(uint32_t)b.x, (uint32_t)b.y, (uint32_t)b.z, (uint32_t)b.w};
+            const uint32_t scale_pairs[4] = {(uint32_t)scale_vec.x, (uint32_t)scale_vec.y, (uint32_t)scale_vec.z,
+                                             (uint32_t)scale_vec.w};
 #pragma unroll
             for (int s = 0; s < 4; s++) {
                 uint32_t frag[4];
                 Format::dequantize(words[s], frag);
                 /* Scales 2s and 2s+1 of this lane's 8 are its columns in n8 blocks 2s and 2s+1. */
-                half2 scale_pair = as_half2(scale_pairs[s]);
-                half2 scale_lo = __low2half2(scale_pair), scale_hi = __high2half2(scale_pair);
-                uint32_t b00 = as_bits(__hmul2(as_half2(frag[0]), scale_lo));
-                uint32_t b01 = as_bits(__hmul2(as_half2(frag[1]), scale_lo));
-                uint32_t b10 = as_bits(__hmul2(as_half2(frag[2]), scale_hi));
-                uint32_t b11 = as_bits(__hmul2(as_half2(frag[3]), scale_hi));
+                const half2 scale_pair = as_half2(scale_pairs[s]);
+                const half2 scale_lo = __low2half2(scale_pair), scale_hi = __high2half2(scale_pair);
+                const uint32_t b00 = as_bits(__hmul2(as_half2(frag[0]), scale_lo));
+                const uint32_t b01 = as_bits(__hmul2(as_half2(frag[1]), scale_lo));
+                const uint32_t b10 = as_bits(__hmul2(as_half2(frag[2]), scale_hi));
+                const uint32_t b11 = as_bits(__hmul2(as_half2(frag[3]), scale_hi));
 #pragma unroll
                 for (int mb = 0; mb < M_BLOCKS; mb++) {
-                    mma_16816(acc[mb][2 * s], a_frag[mb], b00, b01);
-                    mma_16816(acc[mb][2 * s + 1], a_frag[mb], b10, b11);
+                    mma_16816(acc[mb][2 * s], a[mb], b00, b01);
+                    mma_16816(acc[mb][2 * s + 1], a[mb], b10, b11);
                 }
+            }
+        };
+        if (full_k && warp_one_scale_row) {
+            const int4 scale_vec = scales_of(0);
+#pragma unroll
+            for (int j = 0; j < Cfg::kKTilesPerWarp; j++) multiply(j, scale_vec);
+        } else {
+#pragma unroll
+            for (int j = 0; j < Cfg::kKTilesPerWarp; j++) {
+                /* A partial last step: k-tiles past k hold stale data; skip them. */
+                if (k0 + warp_k_offset + j * 16 < k) multiply(j, scales_of(j));
             }
         }
     };
@@ -323,7 +448,7 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
         float4* reduce = reinterpret_cast<float4*>(smem_reduce);
 #pragma unroll
         for (int mb = 0; mb < M_BLOCKS; mb++) {
-            if (mb * 16 >= args.m) break;
+            if (mb * 16 >= m) break;
             if (warp_k_group > 0) {
 #pragma unroll
                 for (int b = 0; b < 8; b++)
@@ -346,74 +471,80 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
         const int n_tile = slice * N_TILES + warp_n_tile;
         const bool writer = warp_k_group == 0 && n_tile < n_tiles_total;
         const int row_in_block = lane / 4, col_pair = lane % 4;
-        auto store_c = [&]() {
-#pragma unroll
-            for (int mb = 0; mb < M_BLOCKS; mb++)
-#pragma unroll
-                for (int b = 0; b < 8; b++) {
-                    int row = mb * 16 + row_in_block;
-                    int col = n_tile * 64 + b * 8 + col_pair * 2;
-                    if (row < args.m)
-                        args.C[((size_t)row * n + col) / 2] = __floats2half2_rn(acc[mb][b][0], acc[mb][b][1]);
-                    if (row + 8 < args.m)
-                        args.C[((size_t)(row + 8) * n + col) / 2] =
-                            __floats2half2_rn(acc[mb][b][2], acc[mb][b][3]);
-                }
-        };
-        if (whole_slice) {
-            if (writer) store_c();
-            return;
-        }
-
-        /* Partial slice: publish this block's share in its slot. */
-        const int slice_begin = slice * k_iters, slice_end = slice_begin + k_iters;
-        auto slot_of = [&](int block) {
-            bool head = block * args.iters_per_block >= slice_begin; /* its run starts in this slice */
-            return args.partials + (size_t)(2 * block + (head ? 0 : 1)) * Cfg::kSlotFloats;
-        };
-        auto slot_index = [&](int mb, int b) { return ((warp_n_tile * M_BLOCKS + mb) * 8 + b) * 32 + lane; };
-        /* Visits the accumulator pairs of rows < m with their float2 index in a
-         * slot: only those rows go through the workspace (at m = 1, 1/16 of the tile). */
+        /* Visits this lane's accumulator pairs of rows < m: (row, column in the slice, x, y). */
+        /* Visits this lane's accumulator pairs of rows < m as (row offset from
+         * the lane's first row, column offset from its first column, x, y):
+         * compile-time offsets, so no address is worked out ahead (and kept in
+         * registers across the main loop). */
         auto for_each_valid_pair = [&](auto&& visit) {
 #pragma unroll
             for (int mb = 0; mb < M_BLOCKS; mb++) {
-                if (mb * 16 >= args.m) break;
-                const bool lo = mb * 16 + row_in_block < args.m, hi = mb * 16 + row_in_block + 8 < args.m;
+                if (mb * 16 >= m) break;
+                const int row = mb * 16 + row_in_block;
 #pragma unroll
                 for (int b = 0; b < 8; b++) {
-                    if (lo) visit(2 * slot_index(mb, b), acc[mb][b][0], acc[mb][b][1]);
-                    if (hi) visit(2 * slot_index(mb, b) + 1, acc[mb][b][2], acc[mb][b][3]);
+                    if (row < m) visit(mb * 16, b * 8, acc[mb][b][0], acc[mb][b][1]);
+                    if (row + 8 < m) visit(mb * 16 + 8, b * 8, acc[mb][b][2], acc[mb][b][3]);
                 }
             }
         };
-        if (writer) {
-            float2* slot = reinterpret_cast<float2*>(slot_of(blockIdx.x));
-            for_each_valid_pair([&](int i, float& x, float& y) { __stcg(slot + i, make_float2(x, y)); });
-            __threadfence();
+        const int n0 = slice * Cfg::kBN;
+        const int lane_col = warp_n_tile * 64 + col_pair * 2; /* in the slice */
+        if (whole_slice) {
+            if (writer) {
+                half2* lane_c = args.C + ((size_t)row_in_block * n + n0 + lane_col) / 2;
+                for_each_valid_pair([&](int row_offset, int col_offset, float x, float y) {
+                    lane_c[((size_t)row_offset * n + col_offset) / 2] = __floats2half2_rn(x, y);
+                });
+            }
+            return;
         }
+
+        /* Partial slice: publish this block's share, rows < m of its tile
+         * row-major in fp32, in its slot. */
+        const int slice_begin = slice * k_iters, slice_end = slice_begin + k_iters;
+        auto slot_of = [&](int block) {
+            const bool head = block * args.iters_per_block >= slice_begin; /* its run starts in this slice */
+            return reinterpret_cast<float2*>(args.partials + (size_t)(2 * block + (head ? 0 : 1)) * Cfg::kSlotFloats);
+        };
+        if (writer) {
+            float2* lane_slot = slot_of(blockIdx.x) + (row_in_block * Cfg::kBN + lane_col) / 2;
+            for_each_valid_pair([&](int row_offset, int col_offset, float x, float y) {
+                __stcg(lane_slot + (row_offset * Cfg::kBN + col_offset) / 2, make_float2(x, y));
+            });
+        }
+        __threadfence();
         const int first_block = slice_begin / args.iters_per_block;
         const int last_block = (slice_end - 1) / args.iters_per_block;
         __syncthreads();
         if (tid == 0) {
-            int arrived = atomicAdd(&args.counters[slice], 1);
+            const int arrived = atomicAdd(&args.counters[slice], 1);
             is_last_arrival = arrived == last_block - first_block;
-            if (is_last_arrival) {
-                args.counters[slice] = 0; /* every contributor has arrived: ready for the next call */
-                __threadfence();
-            }
+            if (is_last_arrival) args.counters[slice] = 0; /* every contributor has arrived: ready for the next call */
         }
         __syncthreads();
-        if (!is_last_arrival || !writer) return;
-        /* Sum every contributor's slot in block order: the same order whoever arrives last. */
-        clear_acc();
-        for (int block = first_block; block <= last_block; block++) {
-            const float2* slot = reinterpret_cast<const float2*>(slot_of(block));
-            for_each_valid_pair([&](int i, float& x, float& y) {
-                float2 v = __ldcg(slot + i);
-                x += v.x, y += v.y;
-            });
+        if (!is_last_arrival) return;
+        /* The last to arrive sums every contributor's slot in block order (the
+         * same order whoever arrives last), spread over all its threads, with
+         * the loads of several slots in flight at once. */
+        __threadfence();
+        constexpr int kSlotsInFlight = 8;
+        const int cols = n - n0 < Cfg::kBN ? n - n0 : Cfg::kBN;
+        for (int e = tid; e < rows * (Cfg::kBN / 2); e += kThreads) {
+            const int row = e / (Cfg::kBN / 2), col = (e % (Cfg::kBN / 2)) * 2;
+            if (col >= cols) continue;
+            float2 sum = make_float2(0.0f, 0.0f);
+            for (int block0 = first_block; block0 <= last_block; block0 += kSlotsInFlight) {
+                float2 v[kSlotsInFlight];
+#pragma unroll
+                for (int i = 0; i < kSlotsInFlight; i++)
+                    if (block0 + i <= last_block) v[i] = __ldcg(slot_of(block0 + i) + e);
+#pragma unroll
+                for (int i = 0; i < kSlotsInFlight; i++)
+                    if (block0 + i <= last_block) sum.x += v[i].x, sum.y += v[i].y;
+            }
+            args.C[((size_t)row * n + n0 + col) / 2] = __floats2half2_rn(sum.x, sum.y);
         }
-        store_c();
     };
 
     /* Pipeline: STAGES-1 iterations in flight ahead of the one computed. The
@@ -424,8 +555,9 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
         if (++k_step == k_iters) k_step = 0, slice++;
     };
     /* The weights do not depend on the previous kernel: fetch the first stages
-     * of them before waiting for it, then A. The first commit group holds all
-     * prologue weights, which only makes the first wait a little stricter. */
+     * of them before waiting for it, then A. (cp.async: the first commit
+     * group holds all prologue weights, which only makes the first wait a
+     * little stricter.) */
     {
         int slice_t = load_slice, k_step_t = load_k_step;
         for (int t = 0; t < STAGES - 1 && t < run_length; t++) {
@@ -446,18 +578,20 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
     int slice = run_begin / k_iters, k_step = run_begin % k_iters;
     int slice_first_t = 0; /* iteration of this run where the current slice began */
     int stage_index = 0, load_stage = STAGES - 1;
+    uint32_t stage_parity = 0; /* phase parity of this pass over the stages */
     for (int t = 0; t < run_length; t++) {
         copy_async_wait<STAGES - 2>();
-        __syncthreads();
+        if constexpr (kCopyEngine) mbarrier_wait(&stage_full[stage_index], stage_parity);
+        __syncthreads(); /* every thread's copies are visible; every warp is done with the stage refilled next */
         if (t + STAGES - 1 < run_length) {
-            load_activations(load_stage, load_k_step);
             load_weights(load_stage, load_slice, load_k_step);
+            load_activations(load_stage, load_k_step);
             advance(load_slice, load_k_step);
         }
         copy_async_commit();
         load_stage = load_stage == STAGES - 1 ? 0 : load_stage + 1;
         compute_iteration(stage_index, slice, k_step);
-        stage_index = stage_index == STAGES - 1 ? 0 : stage_index + 1;
+        if (++stage_index == STAGES) stage_index = 0, stage_parity ^= 1;
 
         if (k_step == k_iters - 1 || t == run_length - 1) {
             /* Whole if this run covered the slice from k step 0 to the last. */

@@ -177,6 +177,8 @@ typedef struct {
     const char* csv_path; /* NULL: no CSV; "-": CSV on stdout */
     int check;
     int trials;
+    int per_layer;        /* --layers: print each layer's times too */
+    shape_set custom;     /* --shape: layers of the "custom" set (layer_count 0: none) */
 } bench_options;
 
 static void usage(FILE* out) {
@@ -197,10 +199,13 @@ static void usage(FILE* out) {
             "  --check        before timing each layer and m, compare marlin with cuBLAS on the\n"
             "                 dequantized weights and print the relative error\n"
             "  --trials N     trials per measurement, median reported (default %d, at least %d)\n"
+            "  --shape LIST   time these k x n layers as a set named \"custom\", e.g. 4096x4096,11008x4096\n"
+            "                 (up to %d; runs alone unless --sets is given too)\n"
+            "  --layers       also print each layer's marlin and fp16 times\n"
             "  -h, --help     this text\n"
             "\n"
             "Shape sets (k x n of qkv, o, gate+up, down):\n",
-            DEFAULT_TRIALS, MIN_TRIALS);
+            DEFAULT_TRIALS, MIN_TRIALS, MAX_LAYERS_PER_SET);
     for (int s = 0; s < SHAPE_SET_COUNT; s++) {
         const shape_set* set = &SHAPE_SETS[s];
         fprintf(out, "  %-13s", set->name);
@@ -281,6 +286,22 @@ static void select_m(bench_options* options, const char* text) {
     add_m_value(options, parse_int(text, 1, MAX_M, "--m"));
 }
 
+/* One "KxN" entry of --shape (the kernel's own checks run later, with the group size). */
+static void add_custom_layer(bench_options* options, const char* text) {
+    shape_set* set = &options->custom;
+    if (set->layer_count == MAX_LAYERS_PER_SET) usage_error("--shape: at most %d layers", MAX_LAYERS_PER_SET);
+    char k_text[64], n_text[64];
+    const char* x = strchr(text, 'x');
+    if (!x || x == text || (size_t)(x - text) >= sizeof(k_text)) usage_error("--shape: \"%s\" is not KxN", text);
+    memcpy(k_text, text, (size_t)(x - text));
+    k_text[x - text] = '\0';
+    snprintf(n_text, sizeof(n_text), "%s", x + 1);
+    bench_layer* layer = &set->layers[set->layer_count++];
+    layer->name = "layer";
+    layer->k = parse_int(k_text, 1, MARLIN_MAX_DIMENSION, "--shape k");
+    layer->n = parse_int(n_text, 1, MARLIN_MAX_DIMENSION, "--shape n");
+}
+
 static bench_options parse_options(int argc, char** argv) {
     bench_options options;
     memset(&options, 0, sizeof(options));
@@ -291,7 +312,7 @@ static bench_options parse_options(int argc, char** argv) {
         const char* arg = argv[i];
         const char* value = i + 1 < argc ? argv[i + 1] : NULL;
         int takes_value = strcmp(arg, "--sets") == 0 || strcmp(arg, "--m") == 0 || strcmp(arg, "--group") == 0 ||
-                          strcmp(arg, "--csv") == 0 || strcmp(arg, "--trials") == 0;
+                          strcmp(arg, "--csv") == 0 || strcmp(arg, "--trials") == 0 || strcmp(arg, "--shape") == 0;
         if (takes_value && !value) usage_error("%s needs a value", arg);
         if (strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0) {
             usage(stdout);
@@ -315,12 +336,17 @@ static bench_options parse_options(int argc, char** argv) {
             options.check = 1;
         } else if (strcmp(arg, "--trials") == 0) {
             options.trials = parse_int(value, MIN_TRIALS, MAX_TRIALS, "--trials");
+        } else if (strcmp(arg, "--shape") == 0) {
+            for_each_list_item(value, "--shape", add_custom_layer, &options);
+        } else if (strcmp(arg, "--layers") == 0) {
+            options.per_layer = 1;
         } else {
             usage_error("unknown argument \"%s\"", arg);
         }
         if (takes_value) i++;
     }
-    if (!sets_given)
+    options.custom.name = "custom";
+    if (!sets_given && options.custom.layer_count == 0)
         for (int s = 0; s < SHAPE_SET_COUNT; s++) options.set_selected[s] = 1;
     if (!m_given)
         for (size_t i = 0; i < sizeof(DEFAULT_M_VALUES) / sizeof(DEFAULT_M_VALUES[0]); i++)
@@ -783,6 +809,7 @@ static void bench_layer_shape(bench_gpu* gpu, const bench_options* options, cons
     result->flops_per_row += 2.0 * k * n;
 
     int lt_wins = 0;
+    double layer_marlin_us[MAX_M_VALUES], layer_fp16_us[MAX_M_VALUES];
     double worst_norm_error = 0.0, worst_element_error = 0.0;
     int layer_check_failures = 0;
     for (int i = 0; i < options->m_count; i++) {
@@ -808,6 +835,8 @@ static void bench_layer_shape(bench_gpu* gpu, const bench_options* options, cons
         const double gemm_us = median_launch_us(gpu, &gemm_launcher, options->trials);
         const double lt_us = fp16.lt_found ? median_launch_us(gpu, &lt_launcher, options->trials) : INFINITY;
         if (lt_us < gemm_us) lt_wins++;
+        layer_marlin_us[i] = marlin_us;
+        layer_fp16_us[i] = lt_us < gemm_us ? lt_us : gemm_us;
         result->marlin_us[i] += marlin_us;
         result->fp16_us[i] += lt_us < gemm_us ? lt_us : gemm_us;
         free_fp16_call(&fp16);
@@ -821,6 +850,13 @@ static void bench_layer_shape(bench_gpu* gpu, const bench_options* options, cons
         fprintf(report, "; check: rel err <= %.2e, max elem err <= %.2e x RMS %s", worst_norm_error,
                 worst_element_error, layer_check_failures ? "FAILED" : "ok");
     fprintf(report, "\n");
+    if (options->per_layer) {
+        const double bytes = (double)(marlin_part_bytes[0] + marlin_part_bytes[1]);
+        for (int i = 0; i < options->m_count; i++)
+            fprintf(report, "    m %5d: marlin %9.1f us (%6.0f GB/s), fp16 %9.1f us, speedup %5.2f\n",
+                    options->m_values[i], layer_marlin_us[i], bytes / (layer_marlin_us[i] * 1e3), layer_fp16_us[i],
+                    layer_fp16_us[i] / layer_marlin_us[i]);
+    }
     fflush(report);
     result->check_failures += layer_check_failures;
     free_rotating_weights(&marlin_weights);
@@ -864,6 +900,7 @@ static void write_csv_rows(FILE* csv, const char* gpu_name, const char* set_name
 /* The selected sets, with the ideal set's shape filled in for this GPU. */
 static int selected_sets(const bench_options* options, const bench_gpu* gpu, shape_set* sets) {
     int count = 0;
+    if (options->custom.layer_count > 0) sets[count++] = options->custom;
     for (int s = 0; s < SHAPE_SET_COUNT; s++) {
         if (!options->set_selected[s]) continue;
         sets[count] = SHAPE_SETS[s];
@@ -957,7 +994,7 @@ int main(int argc, char** argv) {
 
     bench_gpu gpu;
     init_gpu(&gpu);
-    shape_set sets[SHAPE_SET_COUNT];
+    shape_set sets[SHAPE_SET_COUNT + 1];
     const int set_count = selected_sets(&options, &gpu, sets);
     allocate_run_buffers(&gpu, &options, sets, set_count);
 
