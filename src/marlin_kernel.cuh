@@ -18,13 +18,12 @@
  *    fixed order.
  *  - Pipeline. STAGES shared-memory buffers filled STAGES-1 iterations
  *    ahead of the compute; one barrier per iteration. On sm_90 the copy
- *    engine fetches the weights and scales: one lane per warp issues one or
- *    two bulk copies per step (a k-tile row of weights, 2 KB contiguous, or
- *    a row of scales) that complete on the stage's mbarrier, so copying
- *    costs almost no instructions. A (few bytes, many short rows), and
- *    everything before sm_90, is copied by all threads with cp.async 16-byte
- *    copies that skip L1. Rows of A are padded by 16 bytes in shared memory,
- *    so ldmatrix reads them without bank conflicts.
+ *    engine fills them: thread 0 issues a stage as four or five tensor
+ *    copies (a K_TILES x N_TILES box of weight tiles, a box of scale rows,
+ *    the A tile in 64-column halves) that complete on the stage's mbarrier,
+ *    so copying costs the other threads nothing and the engine zero-fills
+ *    whatever lies past m, k or n. Before sm_90 every thread issues cp.async
+ *    16-byte copies (skipping L1) into the same layout.
  *  - Inner loop. The B words a lane loads already hold its m16n8k16 operand
  *    fragments (layout.h), so dequantization is a few lop3/hsub2/hfma2 in
  *    registers, scaled by one hmul2, feeding mma.sync directly. A comes from
@@ -43,6 +42,7 @@
  */
 #pragma once
 
+#include <cuda.h> /* CUtensorMap (a plain struct: no driver library needed) */
 #include <cuda_fp16.h>
 #include <stdint.h>
 
@@ -51,8 +51,14 @@ namespace marlin {
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 
-/* Everything a launch needs; passed by value. */
+/* Everything a launch needs; passed by value (the tensor maps must live in
+ * kernel parameter space: the kernel takes it as __grid_constant__). */
 struct KernelArgs {
+    /* sm_90: copy-engine descriptors of this launch's A chunk (k x rows fp16,
+     * boxes of 64 x BM, 128-byte swizzle), of B (k-tile rows x n-tiles x 128
+     * words, boxes of K_TILES x N_TILES tiles) and of the scales (n x rows
+     * fp16, boxes of BN x the scale rows of a step). Unused before sm_90. */
+    CUtensorMap a_map, b_map, s_map;
     const int4* A;              /* m x k fp16, row-major (this chunk's first row) */
     const int4* B;              /* packed codes, k*n/8 words */
     const int4* scales;         /* packed scales, ceil(k/g) x n fp16 */
@@ -133,14 +139,26 @@ __device__ __forceinline__ void mbarrier_wait(uint64_t* barrier, uint32_t parity
     } while (!done);
 #endif
 }
-/* Copies `bytes` (a multiple of 16, both addresses 16-byte aligned) from
- * global to shared memory with the copy engine, completing on `barrier`. */
-__device__ __forceinline__ void bulk_copy(void* dst, const void* src, uint32_t bytes, uint64_t* barrier) {
+/* Copy-engine copies of one box of a tensor (coordinates in elements,
+ * innermost first) into shared memory, completing on `barrier`. Parts of the
+ * box outside the tensor arrive as zeros; the bytes counted are the whole box. */
+__device__ __forceinline__ void tensor_copy_2d(void* dst, const CUtensorMap* map, int c0, int c1, uint64_t* barrier) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
-                     shared_address(dst)),
-                 "l"(src), "r"(bytes), "r"(shared_address(barrier))
-                 : "memory");
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], "
+        "[%4];\n" ::"r"(shared_address(dst)),
+        "l"(map), "r"(c0), "r"(c1), "r"(shared_address(barrier))
+        : "memory");
+#endif
+}
+__device__ __forceinline__ void tensor_copy_3d(void* dst, const CUtensorMap* map, int c0, int c1, int c2,
+                                               uint64_t* barrier) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile(
+        "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, "
+        "%4}], [%5];\n" ::"r"(shared_address(dst)),
+        "l"(map), "r"(c0), "r"(c1), "r"(c2), "r"(shared_address(barrier))
+        : "memory");
 #endif
 }
 
@@ -207,19 +225,27 @@ struct TileConfig {
     static constexpr int kKGroups = kWarps / N_TILES;       /* warps sharing one n-tile */
     static constexpr int kKTilesPerWarp = K_TILES / kKGroups;
     static constexpr int kScaleRows = kBK / 32 > 0 ? kBK / 32 : 1; /* most groups one step spans */
-    /* Shared memory, in int4 (16-byte) units. */
-    static constexpr int kARowChunks = kBK / 8 + 1; /* a row of A plus 16 bytes of padding */
-    static constexpr int kAStage = kBM * kARowChunks;
+    /* Shared memory, in int4 (16-byte) units. A stage holds A as BK/64
+     * column halves of BM rows x 128 bytes, 16-byte chunk c of row r stored
+     * at chunk c ^ (r % 8) (the copy engine's 128-byte swizzle, so ldmatrix
+     * is free of bank conflicts), then the weights as K_TILES x N_TILES
+     * tiles of 512 bytes, then the scale rows; stages are 1 KB aligned (the
+     * swizzle needs it). */
+    static constexpr int kAHalves = kBK / 64;
+    static constexpr int kAHalf = kBM * 8;
+    static constexpr int kAStage = kAHalves * kAHalf;
     static constexpr int kBStage = K_TILES * N_TILES * 32;
     static constexpr int kSStage = kScaleRows * kBN / 8;
-    static constexpr int kStage = kAStage + kBStage + kSStage;
+    static constexpr int kStage = (kAStage + kBStage + kSStage + 63) / 64 * 64;
     static constexpr int kReduce = (kKGroups - 1) * N_TILES * 8 * 32; /* float4 = int4 */
-    static constexpr int kSmemBytes = 16 * (STAGES * kStage + kReduce);
+    static constexpr int kAlignSlack = 1024; /* dynamic shared memory is only 16-byte aligned */
+    static constexpr int kSmemBytes = 16 * (STAGES * kStage + kReduce) + kAlignSlack;
     /* One workspace slot: a BM x BN fp32 tile. */
     static constexpr int kSlotFloats = kBM * kBN;
 
     static_assert(kWarps % N_TILES == 0, "N_TILES must divide the warp count");
     static_assert(K_TILES % kKGroups == 0, "every warp needs the same number of k-tiles");
+    static_assert(K_TILES % 4 == 0, "A is copied in 64-column halves");
     static_assert(STAGES >= 2, "the pipeline needs at least two stages");
 };
 
@@ -233,16 +259,17 @@ struct TileConfig {
  * offsets worked out once per run, and all fragments of a step read before
  * the first is used). */
 template <typename Format, int M_BLOCKS, int N_TILES, int K_TILES, int STAGES, int BLOCKS_PER_SM>
-__global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(const KernelArgs args) {
+__global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(const __grid_constant__ KernelArgs args) {
     using Cfg = TileConfig<M_BLOCKS, N_TILES, K_TILES, STAGES>;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && !defined(MARLIN_NO_COPY_ENGINE)
     constexpr bool kCopyEngine = true;
 #else
     constexpr bool kCopyEngine = false;
 #endif
-    extern __shared__ int4 smem[];
+    extern __shared__ int4 smem_unaligned[];
     __shared__ int is_last_arrival;              /* set by thread 0 in finish_slice */
     __shared__ uint64_t stage_full[STAGES];      /* copy engine: one mbarrier per stage */
+    int4* smem = smem_unaligned + (1024 - shared_address(smem_unaligned) % 1024) % 1024 / 16;
     int4* smem_reduce = smem + STAGES * Cfg::kStage;
 
     const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
@@ -267,55 +294,48 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
         __syncthreads();
     }
 
-    /* ---- copies into a stage. Rows of A at or past m are never copied: their
-     * garbage only reaches rows of C that are never stored (an mma row
-     * depends on its own A row alone). Weights, scales and A columns of
-     * k-tiles past k are not copied either: compute skips those k-tiles. */
-    auto step_shape = [&](int slice, int k_step, int& valid_n_tiles, int& weight_rows, int& scale_rows) {
-        const int k0 = k_step * Cfg::kBK, k_tile0 = k0 / 16, n_tile0 = slice * N_TILES;
-        valid_n_tiles = n_tiles_total - n_tile0 < N_TILES ? n_tiles_total - n_tile0 : N_TILES;
-        weight_rows = k_tiles_total - k_tile0 < K_TILES ? k_tiles_total - k_tile0 : K_TILES;
-        scale_rows = (((k0 + Cfg::kBK < k ? k0 + Cfg::kBK : k) - 1) >> args.group_shift) - (k0 >> args.group_shift) + 1;
-    };
-    /* Weights and scales, sm_90: the copy engine. Lane 0 of warp w copies
-     * k-tile row w of the weights (and k-tile row w + 8, ...), lane 0 of
-     * warp 7 - r scale row r: one or two bulk copies per warp, so no warp
-     * lags at the next barrier. Thread 0 makes the stage's one arrival,
-     * announcing all its bytes (the copies may land before or after). */
+    /* ---- copies into a stage.
+     *
+     * sm_90: thread 0 issues the whole stage as four or five copy-engine
+     * copies (the weight box, the scale box, the A halves), announced to the
+     * stage's mbarrier with one arrival; every other thread spends no
+     * instruction on copying. Boxes that reach past m, k or n arrive
+     * zero-filled. */
+    const uint32_t stage_bytes =
+        16u * (Cfg::kAStage + Cfg::kBStage) + 2u * Cfg::kBN * (((Cfg::kBK - 1) >> args.group_shift) + 1);
     auto engine_load_weights = [&](int stage_index, int slice, int k_step) {
-        int valid_n_tiles, weight_rows, scale_rows;
-        step_shape(slice, k_step, valid_n_tiles, weight_rows, scale_rows);
+        const int k0 = k_step * Cfg::kBK;
+        int4* stage = smem + stage_index * Cfg::kStage;
         uint64_t* barrier = &stage_full[stage_index];
-        if (tid == 0)
-            mbarrier_arrive_expect_bytes(barrier, (uint32_t)(weight_rows * 512 + scale_rows * 128) * valid_n_tiles);
-        if (lane != 0) return;
-        const int k0 = k_step * Cfg::kBK, k_tile0 = k0 / 16, n_tile0 = slice * N_TILES;
+        mbarrier_arrive_expect_bytes(barrier, stage_bytes);
+        tensor_copy_3d(stage + Cfg::kAStage, &args.b_map, 0, slice * N_TILES, k0 / 16, barrier);
+        tensor_copy_2d(stage + Cfg::kAStage + Cfg::kBStage, &args.s_map, slice * Cfg::kBN, k0 >> args.group_shift,
+                       barrier);
+    };
+    auto engine_load_activations = [&](int stage_index, int k_step) {
         int4* stage = smem + stage_index * Cfg::kStage;
 #pragma unroll
-        for (int row = warp; row < K_TILES; row += kWarps)
-            if (row < weight_rows)
-                bulk_copy(stage + Cfg::kAStage + row * N_TILES * 32,
-                          args.B + ((size_t)(k_tile0 + row) * n_tiles_total + n_tile0) * 32, valid_n_tiles * 512,
-                          barrier);
-        const int scale_row = kWarps - 1 - warp;
-        if (scale_row < scale_rows)
-            bulk_copy(stage + Cfg::kAStage + Cfg::kBStage + scale_row * (Cfg::kBN / 8),
-                      args.scales + ((size_t)((k0 >> args.group_shift) + scale_row) * n + n_tile0 * 64) / 8,
-                      valid_n_tiles * 128, barrier);
+        for (int h = 0; h < Cfg::kAHalves; h++)
+            tensor_copy_2d(stage + h * Cfg::kAHalf, &args.a_map, k_step * Cfg::kBK + h * 64, 0,
+                           &stage_full[stage_index]);
     };
-    /* Weights and scales before sm_90, and A on every GPU: cp.async 16-byte
-     * copies, each thread a fixed share. (A through the copy engine would
-     * take one small copy per row.) */
-    constexpr int kALoads = (Cfg::kBM * (Cfg::kBK / 8) + kThreads - 1) / kThreads;
+
+    /* Before sm_90: every thread copies a fixed share with cp.async 16-byte
+     * copies, into the same layout. Rows of A at or past m are not copied
+     * (their garbage only reaches rows of C that are never stored: an mma row
+     * depends on its own A row alone), nor anything past k or n (compute
+     * skips k-tiles past k and warps past n). */
+    constexpr int kALoads = (Cfg::kAStage + kThreads - 1) / kThreads;
     constexpr int kBLoads = Cfg::kBStage / kThreads;
     constexpr int kBRowsPerLoad = kThreads / 32 / N_TILES; /* k-tile rows between a thread's weight chunks */
     static_assert(Cfg::kBStage % kThreads == 0, "every thread copies the same number of weight chunks");
     static_assert(Cfg::kSStage <= kThreads, "one scale chunk per thread at most");
-    static_assert(Cfg::kScaleRows <= kWarps, "one warp per scale row");
     auto thread_load_weights = [&](int stage_index, int slice, int k_step) {
-        int valid_n_tiles, weight_rows, scale_rows;
-        step_shape(slice, k_step, valid_n_tiles, weight_rows, scale_rows);
         const int k0 = k_step * Cfg::kBK, k_tile0 = k0 / 16, n_tile0 = slice * N_TILES;
+        const int valid_n_tiles = n_tiles_total - n_tile0 < N_TILES ? n_tiles_total - n_tile0 : N_TILES;
+        const int weight_rows = k_tiles_total - k_tile0 < K_TILES ? k_tiles_total - k_tile0 : K_TILES;
+        const int scale_rows =
+            (((k0 + Cfg::kBK < k ? k0 + Cfg::kBK : k) - 1) >> args.group_shift) - (k0 >> args.group_shift) + 1;
         int4* stage = smem + stage_index * Cfg::kStage;
         const int b_k_tile = tid / 32 / N_TILES, b_n_tile = tid / 32 % N_TILES;
         if (b_n_tile < valid_n_tiles) {
@@ -332,21 +352,31 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
                           args.scales + ((size_t)((k0 >> args.group_shift) + s_row) * n + n_tile0 * 64) / 8 + s_chunk,
                           true);
     };
-    auto load_weights = [&](int stage_index, int slice, int k_step) {
-        if constexpr (kCopyEngine)
-            engine_load_weights(stage_index, slice, k_step);
-        else
-            thread_load_weights(stage_index, slice, k_step);
-    };
-    auto load_activations = [&](int stage_index, int k_step) {
+    auto thread_load_activations = [&](int stage_index, int k_step) {
         const int k0 = k_step * Cfg::kBK;
         int4* stage = smem + stage_index * Cfg::kStage;
 #pragma unroll
         for (int j = 0; j < kALoads; j++) {
+            /* chunk i: row i / (BK/8), 8 columns from 8 * (i % (BK/8)) */
             const int i = tid + j * kThreads, row = i / (Cfg::kBK / 8), chunk = i % (Cfg::kBK / 8);
-            if (row < rows && k0 + chunk * 8 < k)
-                copy_async_16(stage + row * Cfg::kARowChunks + chunk, args.A + ((size_t)row * k + k0) / 8 + chunk,
-                              true);
+            if (i < Cfg::kAStage && row < rows && k0 + chunk * 8 < k)
+                copy_async_16(stage + (chunk / 8) * Cfg::kAHalf + row * 8 + ((chunk % 8) ^ (row % 8)),
+                              args.A + ((size_t)row * k + k0) / 8 + chunk, true);
+        }
+    };
+    /* Both take effect only in the threads that issue copies. */
+    auto load_weights = [&](int stage_index, int slice, int k_step) {
+        if constexpr (kCopyEngine) {
+            if (tid == 0) engine_load_weights(stage_index, slice, k_step);
+        } else {
+            thread_load_weights(stage_index, slice, k_step);
+        }
+    };
+    auto load_activations = [&](int stage_index, int k_step) {
+        if constexpr (kCopyEngine) {
+            if (tid == 0) engine_load_activations(stage_index, k_step);
+        } else {
+            thread_load_activations(stage_index, k_step);
         }
     };
 
@@ -374,7 +404,14 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
     const int warp_k_offset = warp_k_group * Cfg::kKTilesPerWarp * 16; /* in the step */
     const bool warp_one_scale_row =
         (warp_k_offset >> args.group_shift) == ((warp_k_offset + Cfg::kKTilesPerWarp * 16 - 16) >> args.group_shift);
-    const int lane_a_offset = (lane % 16) * Cfg::kARowChunks + lane / 16 + warp_k_offset / 8;
+    /* This lane's ldmatrix address for k-tile j of the warp (row lane % 16,
+     * chunk 2 (kt % 4) + lane / 16 of half kt / 4, swizzled). */
+    int a_offset[Cfg::kKTilesPerWarp];
+#pragma unroll
+    for (int j = 0; j < Cfg::kKTilesPerWarp; j++) {
+        const int kt = warp_k_group * Cfg::kKTilesPerWarp + j;
+        a_offset[j] = (kt / 4) * Cfg::kAHalf + (lane % 16) * 8 + (((kt % 4) * 2 + lane / 16) ^ (lane % 8));
+    }
     const int lane_b_offset = Cfg::kAStage + (warp_k_group * Cfg::kKTilesPerWarp * N_TILES + warp_n_tile) * 32 + lane;
     const int lane_scale_offset = Cfg::kAStage + Cfg::kBStage + (warp_n_tile * 64 + (lane / 4) * 8) / 8;
     /* Tensor-core work of one iteration on its stage. */
@@ -388,7 +425,7 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
         auto load_a = [&](uint32_t (&frag)[M_BLOCKS][4], int j) {
 #pragma unroll
             for (int mb = 0; mb < M_BLOCKS; mb++)
-                load_matrix_x4(frag[mb], stage + lane_a_offset + j * 2 + mb * 16 * Cfg::kARowChunks);
+                load_matrix_x4(frag[mb], stage + a_offset[j] + mb * 16 * 8);
         };
         auto scales_of = [&](int j) {
             return stage[lane_scale_offset + ((warp_k_offset + j * 16) >> args.group_shift) * (Cfg::kBN / 8)];
@@ -572,7 +609,7 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
             load_activations(t, load_k_step);
             advance(load_slice, load_k_step);
         }
-        copy_async_commit();
+        if constexpr (!kCopyEngine) copy_async_commit();
     }
     allow_next_grid();
     int slice = run_begin / k_iters, k_step = run_begin % k_iters;
@@ -580,15 +617,17 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
     int stage_index = 0, load_stage = STAGES - 1;
     uint32_t stage_parity = 0; /* phase parity of this pass over the stages */
     for (int t = 0; t < run_length; t++) {
-        copy_async_wait<STAGES - 2>();
-        if constexpr (kCopyEngine) mbarrier_wait(&stage_full[stage_index], stage_parity);
+        if constexpr (kCopyEngine)
+            mbarrier_wait(&stage_full[stage_index], stage_parity);
+        else
+            copy_async_wait<STAGES - 2>();
         __syncthreads(); /* every thread's copies are visible; every warp is done with the stage refilled next */
         if (t + STAGES - 1 < run_length) {
             load_weights(load_stage, load_slice, load_k_step);
             load_activations(load_stage, load_k_step);
             advance(load_slice, load_k_step);
         }
-        copy_async_commit();
+        if constexpr (!kCopyEngine) copy_async_commit();
         load_stage = load_stage == STAGES - 1 ? 0 : load_stage + 1;
         compute_iteration(stage_index, slice, k_step);
         if (++stage_index == STAGES) stage_index = 0, stage_parity ^= 1;
@@ -602,7 +641,7 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
         }
         advance(slice, k_step);
     }
-    copy_async_wait<0>();
+    if constexpr (!kCopyEngine) copy_async_wait<0>();
 }
 
 }  // namespace marlin

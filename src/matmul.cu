@@ -1,9 +1,12 @@
 /*
  * matmul.cu: the host side of marlin_matmul: argument checks, the table of
  * kernel variants, the choice of variant and grid for a shape, the workspace
- * layout, and the launches (one per 64-row chunk of A).
+ * layout, the copy-engine descriptors (sm_90), and the launches (one per
+ * 64-row chunk of A).
  */
+#include <cudaTypedefs.h> /* PFN_cuTensorMapEncodeTiled */
 #include <stdlib.h>
+#include <string.h>
 
 #include "marlin.h"
 #include "marlin_kernel.cuh"
@@ -172,6 +175,55 @@ marlin_status plan_launch(int rows, int n, int k, const DeviceInfo& device, Laun
     return MARLIN_STATUS_SUCCESS;
 }
 
+/* cuTensorMapEncodeTiled, looked up once through the runtime (so the
+ * library needs no link to the driver library); NULL if the driver lacks it. */
+PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
+    static PFN_cuTensorMapEncodeTiled_v12000 encoder = nullptr;
+    static int looked_up = 0;
+    if (__atomic_load_n(&looked_up, __ATOMIC_ACQUIRE)) return encoder;
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult found;
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found) !=
+            cudaSuccess ||
+        found != cudaDriverEntryPointSuccess)
+        fn = nullptr, cudaGetLastError();
+    encoder = reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+    __atomic_store_n(&looked_up, 1, __ATOMIC_RELEASE);
+    return encoder;
+}
+
+/* One row-major tensor of `rank` dimensions (sizes innermost first; strides
+ * in bytes for dimensions 1..rank-1) read in boxes of `box` elements,
+ * zero-filled outside the tensor. */
+bool encode_tensor_map(CUtensorMap* map, CUtensorMapDataType type, int rank, const void* base,
+                       const cuuint64_t* sizes, const cuuint64_t* strides, const cuuint32_t* box,
+                       CUtensorMapSwizzle swizzle, CUtensorMapL2promotion promotion) {
+    PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder();
+    const cuuint32_t element_strides[3] = {1, 1, 1};
+    return encode && encode(map, type, (cuuint32_t)rank, const_cast<void*>(base), sizes, strides, box,
+                            element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle, promotion,
+                            CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+/* The sm_90 kernel's three copy-engine descriptors (see KernelArgs). */
+marlin_status encode_copy_descriptors(KernelArgs* args, const KernelVariant& v, int group_size) {
+    const int block_m = 16 * v.m_blocks, block_n = 64 * v.n_tiles, block_k = 16 * v.k_tiles;
+    const cuuint64_t n = (cuuint64_t)args->n, k = (cuuint64_t)args->k;
+    const cuuint64_t a_sizes[2] = {k, (cuuint64_t)args->m}, a_strides[1] = {2 * k};
+    const cuuint32_t a_box[2] = {64, (cuuint32_t)block_m};
+    const cuuint64_t b_sizes[3] = {128, n / 64, k / 16}, b_strides[2] = {512, 512 * (n / 64)};
+    const cuuint32_t b_box[3] = {128, (cuuint32_t)v.n_tiles, (cuuint32_t)v.k_tiles};
+    const cuuint64_t s_sizes[2] = {n, (cuuint64_t)marlin_scale_rows(args->k, group_size)}, s_strides[1] = {2 * n};
+    const cuuint32_t s_box[2] = {(cuuint32_t)block_n, (cuuint32_t)(((block_k - 1) >> args->group_shift) + 1)};
+    const bool ok = encode_tensor_map(&args->a_map, CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2, args->A, a_sizes, a_strides,
+                                      a_box, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_128B) &&
+                    encode_tensor_map(&args->b_map, CU_TENSOR_MAP_DATA_TYPE_UINT32, 3, args->B, b_sizes, b_strides,
+                                      b_box, CU_TENSOR_MAP_SWIZZLE_NONE, CU_TENSOR_MAP_L2_PROMOTION_L2_256B) &&
+                    encode_tensor_map(&args->s_map, CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2, args->scales, s_sizes,
+                                      s_strides, s_box, CU_TENSOR_MAP_SWIZZLE_NONE, CU_TENSOR_MAP_L2_PROMOTION_L2_256B);
+    return ok ? MARLIN_STATUS_SUCCESS : MARLIN_STATUS_CUDA_ERROR;
+}
+
 /* Workspace for all chunks of an m x n x k call: counters, then 2 slots per block. */
 marlin_status required_workspace(int m, int n, int k, const DeviceInfo& device, size_t* bytes) {
     size_t partial_bytes = 0;
@@ -242,6 +294,7 @@ extern "C" marlin_status marlin_matmul(const void* A, const void* packed_b, cons
         status = plan_launch(rows, n, k, device, &plan);
         if (status != MARLIN_STATUS_SUCCESS) return status;
         KernelArgs args;
+        memset(&args, 0, sizeof(args));
         args.A = static_cast<const int4*>(A) + (size_t)row0 * k / 8;
         args.B = static_cast<const int4*>(packed_b);
         args.scales = static_cast<const int4*>(packed_scales);
@@ -254,6 +307,10 @@ extern "C" marlin_status marlin_matmul(const void* A, const void* packed_b, cons
         args.group_shift = group_shift(k, group_size);
         args.iters_per_block = plan.iters_per_block;
         const KernelVariant& v = *plan.variant;
+        if (device.major >= 9) {
+            status = encode_copy_descriptors(&args, v, group_size);
+            if (status != MARLIN_STATUS_SUCCESS) return status;
+        }
         status = raise_smem_limit(v, device_index);
         if (status != MARLIN_STATUS_SUCCESS) return status;
         /* On sm_90, let this launch overlap the tail of the previous kernel on
