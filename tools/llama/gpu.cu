@@ -15,7 +15,9 @@
  * write, attention, out GEMM, residual add fused with the next RMSNorm,
  * gate_up GEMM, SwiGLU, down GEMM); attention spreads each (head, row) over
  * 8 warps with coalesced half2 loads; RoPE angles come from a table built
- * once; SwiGLU spreads a row over many blocks; no allocation, memset or
+ * once; SwiGLU spreads a row over many blocks; on sm_90+ the small kernels
+ * launch with programmatic dependent launch, as Marlin does, so each one's
+ * launch overlaps the previous kernel's tail; no allocation, memset or
  * synchronization inside a step (one pinned copy of the row ids in, one
  * stream synchronization at the end).
  */
@@ -89,6 +91,7 @@ struct llama_gpu {
     void* cublas_workspace = nullptr; /* our own, so cuBLAS allocates nothing during graph capture */
     size_t weight_bytes = 0;
     size_t attention_shared_bytes = 0;
+    int dependent_launch = 0;  /* sm_90+: small kernels launch with programmatic dependent launch */
     /* CUDA graphs of the forward pass for small row counts (decode steps):
      * one per row count, captured on first use; 0 after a failed capture. */
     int use_graphs = 1;
@@ -97,7 +100,23 @@ struct llama_gpu {
 
 /* ------------------------------------------------------------- kernels -- */
 
+/* First statement of every kernel that launch() starts (every thread runs
+ * it, before any read or write of memory, so no block can finish without
+ * having waited): wait until the previous kernel on the stream has finished
+ * and its writes are visible, then let the next kernel begin launching. The
+ * next one waits for this grid's completion in turn before it touches
+ * memory, so triggering right away is safe, and since every grid completes
+ * only after it has waited for its predecessor, a kernel also sees the
+ * writes of all earlier ones. No-ops before sm_90 and in plain launches. */
+__device__ __forceinline__ void begin_dependent_kernel() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
 __global__ void embed_kernel(const __half* embedding, const int* tokens, float* x, int dim) {
+    begin_dependent_kernel();
     int row = blockIdx.x;
     const __half* e = embedding + (size_t)tokens[row] * dim;
     for (int i = threadIdx.x; i < dim; i += blockDim.x) x[(size_t)row * dim + i] = __half2float(e[i]);
@@ -139,6 +158,7 @@ __global__ void __launch_bounds__(kNormThreads)
     residual_rmsnorm_kernel(float* x /* rows x dim */, const __half* y /* rows x dim or NULL */,
                             const float* weight /* dim */, __half* out /* rows x dim */, int dim, float eps) {
     __shared__ float shared[32];
+    begin_dependent_kernel();
     int row = blockIdx.x;
     float* xr = x + (size_t)row * dim;
     float sum = 0.0f;
@@ -175,6 +195,7 @@ __global__ void rope_cache_kernel(__half* qkv /* rows x (q_dim + 2 kv_dim) */, c
                                   const float2* rope_table /* max_ctx x rope_dim/2 */, __half* key_cache,
                                   __half* value_cache, int n_heads, int n_kv_heads, int head_dim, int rope_dim,
                                   int max_seqs, int max_ctx, int layer) {
+    begin_dependent_kernel();
     int row = blockIdx.x;
     int q_dim = n_heads * head_dim, kv_dim = n_kv_heads * head_dim;
     __half* q = qkv + (size_t)row * (q_dim + 2 * kv_dim);
@@ -218,6 +239,7 @@ __global__ void __launch_bounds__(kAttentionThreads)
     __shared__ float reduce[32];
     __shared__ float2 q[kMaxHeadDim / 2];
     __shared__ float2 partial[kWarps][kMaxHeadDim / 2];
+    begin_dependent_kernel();
     int head = blockIdx.x, row = blockIdx.y;
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int q_dim = n_heads * head_dim, kv_dim = n_kv_heads * head_dim, pairs = head_dim / 2;
@@ -318,6 +340,7 @@ __global__ void __launch_bounds__(kAttentionThreads)
 /* hidden = silu(gate) * up; grid (ceil(ffn / kThreads), rows), one element
  * per thread, so even a single row spreads over many SMs. */
 __global__ void swiglu_kernel(const __half* gate_up /* rows x 2 ffn */, __half* hidden /* rows x ffn */, int ffn) {
+    begin_dependent_kernel();
     int row = blockIdx.y, i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= ffn) return;
     const __half* g = gate_up + (size_t)row * 2 * ffn;
@@ -359,6 +382,34 @@ namespace {
             return -1;                                                                                  \
         }                                                                                               \
     } while (0)
+
+/* Launches one of the forward pass's small kernels on gpu->stream. On sm_90+
+ * as a programmatic dependent launch, like marlin_matmul's: the kernel may
+ * be scheduled while the previous one finishes, hiding the launch gap, and
+ * waits for it in begin_dependent_kernel(). After a kernel that does not
+ * trigger early (cuBLAS) or a copy it simply starts when that one is done;
+ * in stream capture the attribute becomes a programmatic graph edge.
+ * Without the attribute (older GPUs) this is a plain launch. */
+template <typename... Params, typename... Args>
+int launch(const llama_gpu* gpu, const char* name, void (*kernel)(Params...), dim3 grid, int threads,
+           size_t shared_bytes, char* error, size_t error_bytes, Args... args) {
+    cudaLaunchAttribute attribute;
+    attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute.val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t config = {};
+    config.gridDim = grid;
+    config.blockDim = dim3(threads);
+    config.dynamicSmemBytes = shared_bytes;
+    config.stream = gpu->stream;
+    config.attrs = &attribute;
+    config.numAttrs = gpu->dependent_launch ? 1 : 0;
+    cudaError_t e = cudaLaunchKernelEx(&config, kernel, args...);
+    if (e != cudaSuccess) {
+        set_error(error, error_bytes, "launch of %s failed: %s", name, cudaGetErrorString(e));
+        return -1;
+    }
+    return 0;
+}
 
 int grid_for(size_t count) {
     size_t blocks = (count + kThreads - 1) / kThreads;
@@ -449,6 +500,10 @@ int allocate_runtime(llama_gpu* gpu, char* error, size_t error_bytes) {
     size_t rows = (size_t)gpu->max_rows;
     size_t q_dim = (size_t)c.n_heads * c.head_dim, kv_dim = (size_t)c.n_kv_heads * c.head_dim;
     CUDA_TRY(cudaStreamCreateWithFlags(&gpu->stream, cudaStreamNonBlocking));
+    int device = 0, major = 0;
+    CUDA_TRY(cudaGetDevice(&device));
+    CUDA_TRY(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+    gpu->dependent_launch = major >= 9;
     if (cublasCreate(&gpu->cublas) != CUBLAS_STATUS_SUCCESS) {
         set_error(error, error_bytes, "cublasCreate failed");
         return -1;
@@ -709,37 +764,41 @@ extern "C" size_t llama_gpu_weight_bytes(const llama_gpu* gpu) { return gpu->wei
  * land in gpu->logits. Only stream work: it can be captured in a graph. */
 static int enqueue_forward(llama_gpu* gpu, int n_rows, char* error, size_t error_bytes) {
     const llama_config& c = gpu->config;
-    cudaStream_t s = gpu->stream;
-    embed_kernel<<<n_rows, kThreads, 0, s>>>(gpu->embedding, gpu->tokens, gpu->x, c.dim);
+    if (launch(gpu, "embed_kernel", embed_kernel, n_rows, kThreads, 0, error, error_bytes, gpu->embedding,
+               gpu->tokens, gpu->x, c.dim))
+        return -1;
     const float* first_norm = c.n_layers > 0 ? gpu->layers[0].attn_norm : gpu->output_norm;
-    residual_rmsnorm_kernel<<<n_rows, kNormThreads, 0, s>>>(gpu->x, nullptr, first_norm, gpu->xn, c.dim, c.norm_eps);
-    CUDA_TRY(cudaGetLastError());
+    if (launch(gpu, "residual_rmsnorm_kernel", residual_rmsnorm_kernel, n_rows, kNormThreads, 0, error, error_bytes,
+               gpu->x, nullptr, first_norm, gpu->xn, c.dim, c.norm_eps))
+        return -1;
     dim3 swiglu_grid((c.ffn_dim + kThreads - 1) / kThreads, n_rows);
     for (int l = 0; l < c.n_layers; l++) {
         const gpu_layer& L = gpu->layers[l];
         /* xn holds attn_norm(x) here */
         if (run_linear(gpu, L.qkv, gpu->xn, gpu->qkv, n_rows, error, error_bytes)) return -1;
-        rope_cache_kernel<<<n_rows, kThreads, 0, s>>>(gpu->qkv, gpu->seq_ids, gpu->positions, gpu->rope_table,
-                                                      gpu->key_cache, gpu->value_cache, c.n_heads, c.n_kv_heads,
-                                                      c.head_dim, c.rope_dim, gpu->max_seqs, gpu->max_ctx, l);
-        CUDA_TRY(cudaGetLastError());
-        attention_kernel<<<dim3(c.n_heads, n_rows), kAttentionThreads, gpu->attention_shared_bytes, s>>>(
-            gpu->qkv, gpu->seq_ids, gpu->positions, gpu->key_cache, gpu->value_cache, gpu->attn, c.n_heads,
-            c.n_kv_heads, c.head_dim, gpu->max_seqs, gpu->max_ctx, l);
-        CUDA_TRY(cudaGetLastError());
+        if (launch(gpu, "rope_cache_kernel", rope_cache_kernel, n_rows, kThreads, 0, error, error_bytes, gpu->qkv,
+                   gpu->seq_ids, gpu->positions, gpu->rope_table, gpu->key_cache, gpu->value_cache, c.n_heads,
+                   c.n_kv_heads, c.head_dim, c.rope_dim, gpu->max_seqs, gpu->max_ctx, l))
+            return -1;
+        if (launch(gpu, "attention_kernel", attention_kernel, dim3(c.n_heads, n_rows), kAttentionThreads,
+                   gpu->attention_shared_bytes, error, error_bytes, gpu->qkv, gpu->seq_ids, gpu->positions,
+                   gpu->key_cache, gpu->value_cache, gpu->attn, c.n_heads, c.n_kv_heads, c.head_dim, gpu->max_seqs,
+                   gpu->max_ctx, l))
+            return -1;
         if (run_linear(gpu, L.out, gpu->attn, gpu->proj, n_rows, error, error_bytes)) return -1;
-        residual_rmsnorm_kernel<<<n_rows, kNormThreads, 0, s>>>(gpu->x, gpu->proj, L.ffn_norm, gpu->xn, c.dim,
-                                                                c.norm_eps);
-        CUDA_TRY(cudaGetLastError());
+        if (launch(gpu, "residual_rmsnorm_kernel", residual_rmsnorm_kernel, n_rows, kNormThreads, 0, error,
+                   error_bytes, gpu->x, gpu->proj, L.ffn_norm, gpu->xn, c.dim, c.norm_eps))
+            return -1;
         if (run_linear(gpu, L.gate_up, gpu->xn, gpu->gate_up, n_rows, error, error_bytes)) return -1;
-        swiglu_kernel<<<swiglu_grid, kThreads, 0, s>>>(gpu->gate_up, gpu->hidden, c.ffn_dim);
-        CUDA_TRY(cudaGetLastError());
+        if (launch(gpu, "swiglu_kernel", swiglu_kernel, swiglu_grid, kThreads, 0, error, error_bytes, gpu->gate_up,
+                   gpu->hidden, c.ffn_dim))
+            return -1;
         if (run_linear(gpu, L.down, gpu->hidden, gpu->proj, n_rows, error, error_bytes)) return -1;
         /* the residual add, then the next layer's attention norm (or the output norm) */
         const float* next_norm = l + 1 < c.n_layers ? gpu->layers[l + 1].attn_norm : gpu->output_norm;
-        residual_rmsnorm_kernel<<<n_rows, kNormThreads, 0, s>>>(gpu->x, gpu->proj, next_norm, gpu->xn, c.dim,
-                                                                c.norm_eps);
-        CUDA_TRY(cudaGetLastError());
+        if (launch(gpu, "residual_rmsnorm_kernel", residual_rmsnorm_kernel, n_rows, kNormThreads, 0, error,
+                   error_bytes, gpu->x, gpu->proj, next_norm, gpu->xn, c.dim, c.norm_eps))
+            return -1;
     }
     const float alpha = 1.0f, beta = 0.0f;
     cublasStatus_t cs = cublasGemmEx(gpu->cublas, CUBLAS_OP_T, CUBLAS_OP_N, c.vocab_size, n_rows, c.dim, &alpha,
