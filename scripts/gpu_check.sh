@@ -11,7 +11,7 @@ run_tests=1
 [ "${1:-}" = "--no-tests" ] && { run_tests=0; shift; }
 { date -u; git log -1 --format='commit %H' 2>/dev/null || true
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv,noheader; } | tee "$log"
-cmake -S . -B build-gpu -DCMAKE_CUDA_ARCHITECTURES=90 >/tmp/cmake.log 2>&1 || { tail -30 /tmp/cmake.log; exit 1; }
+cmake -S . -B build-gpu -DCMAKE_CUDA_ARCHITECTURES=90a >/tmp/cmake.log 2>&1 || { tail -30 /tmp/cmake.log; exit 1; }
 cmake --build build-gpu -j16 --target test_api test_gpu_matmul marlin-bench test_gptq_gpu gptq_bench test_llama_gpu marlin-llama >/tmp/build.log 2>&1 ||
   { grep -E "error" -A3 /tmp/build.log | head -40; exit 1; }
 run() { # name, command...: appends the output to tests.log, prints the verdict

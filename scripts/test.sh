@@ -10,7 +10,7 @@ ctest --test-dir build --output-on-failure
 
 echo "== CPU tests under AddressSanitizer + UBSan"
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DMARLIN_SANITIZE=ON \
-      -DCMAKE_CUDA_ARCHITECTURES=90 >/dev/null
+      -DCMAKE_CUDA_ARCHITECTURES=90a >/dev/null
 cmake --build build-asan -j "$(nproc)"
 ASAN_OPTIONS=protect_shadow_gap=0:detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
   ctest --test-dir build-asan --output-on-failure -LE gpu

@@ -179,6 +179,73 @@ __device__ __forceinline__ void mma_16816(float (&acc)[4], const uint32_t (&a)[4
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+/* Warpgroup MMA (sm_90a): D[64 x N] += A[64 x 16] . B[16 x N], A from
+ * registers (each warp 16 rows, in the m16n8k16 A-fragment layout), B from
+ * shared memory through a matrix descriptor, fp32 accumulators (each warp 16
+ * rows, the m16n8 C-fragment layout repeated along N). Asynchronous: fence
+ * before, commit after, wait before touching A or D again. */
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define MARLIN_WGMMA 1
+#endif
+__device__ __forceinline__ void warpgroup_fence() {
+#ifdef MARLIN_WGMMA
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void warpgroup_commit() {
+#ifdef MARLIN_WGMMA
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#endif
+}
+template <int PENDING>
+__device__ __forceinline__ void warpgroup_wait() {
+#ifdef MARLIN_WGMMA
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(PENDING) : "memory");
+#endif
+}
+/* Pins accumulator registers at this point of the program, so the compiler
+ * moves no access to them across a warpgroup_wait. */
+template <int COUNT>
+__device__ __forceinline__ void pin_registers(float* regs) {
+#pragma unroll
+    for (int i = 0; i < COUNT; i++) asm volatile("" : "+f"(regs[i])::"memory");
+}
+/* Descriptor of a K-major operand tile in shared memory laid out by the copy
+ * engine's 128-byte swizzle: rows of 128 bytes (64 fp16 of k), 8-row groups
+ * 1024 bytes apart, the group base 1024-byte aligned; `address` may point
+ * 32 * j bytes into a row to start at k = 16 j. */
+__device__ __forceinline__ uint64_t swizzled_tile_descriptor(uint32_t address) {
+    return (uint64_t)((address & 0x3FFFF) >> 4) | (uint64_t)1 << 16 | (uint64_t)(1024 >> 4) << 32 |
+           (uint64_t)1 << 62;
+}
+template <int N>
+__device__ __forceinline__ void wgmma_16(float* d, const uint32_t (&a)[4], uint64_t b_descriptor);
+template <>
+__device__ __forceinline__ void wgmma_16<32>(float* d, const uint32_t (&a)[4], uint64_t b_descriptor) {
+#ifdef MARLIN_WGMMA
+    asm volatile(
+        "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 "
+        "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, {%16,%17,%18,%19}, %20, 1, 1, 1, 0;\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_descriptor));
+#endif
+}
+template <>
+__device__ __forceinline__ void wgmma_16<64>(float* d, const uint32_t (&a)[4], uint64_t b_descriptor) {
+#ifdef MARLIN_WGMMA
+    asm volatile(
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
+        "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,"
+        "%28,%29,%30,%31}, {%32,%33,%34,%35}, %36, 1, 1, 1, 0;\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_descriptor));
+#endif
+}
+
 /* (a & mask) | bits in one instruction: 0xEA is the truth table of (A & B) | C. */
 __device__ __forceinline__ uint32_t and_or(uint32_t a, uint32_t mask, uint32_t bits) {
     uint32_t out;
@@ -258,9 +325,12 @@ struct TileConfig {
  * outside dequantization and mma counts (hence the copy engine on sm_90,
  * offsets worked out once per run, and all fragments of a step read before
  * the first is used). */
-template <typename Format, int M_BLOCKS, int N_TILES, int K_TILES, int STAGES, int BLOCKS_PER_SM>
+template <typename Format, int M_BLOCKS, int N_TILES, int K_TILES, int STAGES, int BLOCKS_PER_SM,
+          bool WARPGROUP_MMA = false>
 __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(const __grid_constant__ KernelArgs args) {
     using Cfg = TileConfig<M_BLOCKS, N_TILES, K_TILES, STAGES>;
+    static_assert(!WARPGROUP_MMA || (N_TILES == 4 && (M_BLOCKS == 2 || M_BLOCKS == 4)),
+                  "warpgroup MMA: a warpgroup's 4 warps cover 4 n-tiles, N = 32 or 64 rows");
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && !defined(MARLIN_NO_COPY_ENGINE)
     constexpr bool kCopyEngine = true;
 #else
@@ -380,14 +450,20 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
         }
     };
 
-    float acc[M_BLOCKS][8][4];
+    /* A warp's accumulators, 32 * M_BLOCKS per thread, for its n-tile and all
+     * rows. mma.sync: acc[mb][b] is the m16n8 C fragment of rows 16 mb.. and
+     * columns 8 b.. of the n-tile. Warpgroup MMA (C^T = W^T A^T, weights as
+     * the M operand): acc[s][j] is the C fragment of the instruction for
+     * columns 16 s.. of the n-tile (M rows) and rows 8 j.. of A (N columns). */
+    constexpr int kAccOuter = WARPGROUP_MMA ? 4 : M_BLOCKS, kAccInner = WARPGROUP_MMA ? 2 * M_BLOCKS : 8;
+    float acc[kAccOuter][kAccInner][4];
     auto clear_acc = [&]() {
 #pragma unroll
-        for (int mb = 0; mb < M_BLOCKS; mb++)
+        for (int i = 0; i < kAccOuter; i++)
 #pragma unroll
-            for (int b = 0; b < 8; b++)
+            for (int b = 0; b < kAccInner; b++)
 #pragma unroll
-                for (int e = 0; e < 4; e++) acc[mb][b][e] = 0.0f;
+                for (int e = 0; e < 4; e++) acc[i][b][e] = 0.0f;
     };
     clear_acc();
 
@@ -414,8 +490,59 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
     }
     const int lane_b_offset = Cfg::kAStage + (warp_k_group * Cfg::kKTilesPerWarp * N_TILES + warp_n_tile) * 32 + lane;
     const int lane_scale_offset = Cfg::kAStage + Cfg::kBStage + (warp_n_tile * 64 + (lane / 4) * 8) / 8;
+    /* Warpgroup MMA: warpgroup g (warps 4g..4g+3) takes the same k-tiles as
+     * warp_k_group g; warp w of it dequantizes its n-tile's words of a
+     * k-tile into the A fragments of 4 instructions (one per 16 columns s),
+     * and the warpgroup issues them against the k-tile's activations. The
+     * fragments are double-buffered so a k-tile's dequantization overlaps
+     * the previous k-tile's instructions. */
+    auto compute_iteration_warpgroup = [&](int stage_index, int k_step) {
+      if constexpr (WARPGROUP_MMA) {
+        const int k0 = k_step * Cfg::kBK;
+        const int4* stage = smem + stage_index * Cfg::kStage;
+        const uint32_t a_tile = shared_address(stage);
+        uint32_t frags[2][4][4];
+        pin_registers<kAccOuter * kAccInner * 4>(&acc[0][0][0]);
+#pragma unroll
+        for (int j = 0; j < Cfg::kKTilesPerWarp; j++) {
+            const int kt = warp_k_group * Cfg::kKTilesPerWarp + j; /* k-tile in the step */
+            if (k0 + kt * 16 >= k) break; /* past k: warp-uniform, so the whole warpgroup stops */
+            const int4 b = stage[lane_b_offset + j * N_TILES * 32];
+            const int4 scale_vec = stage[lane_scale_offset + ((kt * 16) >> args.group_shift) * (Cfg::kBN / 8)];
+            const uint32_t words[4] = {(uint32_t)b.x, (uint32_t)b.y, (uint32_t)b.z, (uint32_t)b.w};
+            const uint32_t scale_pairs[4] = {(uint32_t)scale_vec.x, (uint32_t)scale_vec.y, (uint32_t)scale_vec.z,
+                                             (uint32_t)scale_vec.w};
+            if (j >= 2) warpgroup_wait<1>(); /* the instructions that read this buffer (k-tile j - 2) are done */
+            uint32_t(&f)[4][4] = frags[j % 2];
+#pragma unroll
+            for (int s = 0; s < 4; s++) {
+                uint32_t q[4];
+                Format::dequantize(words[s], q);
+                const half2 scale_pair = as_half2(scale_pairs[s]);
+                const half2 scale_lo = __low2half2(scale_pair), scale_hi = __high2half2(scale_pair);
+                /* M rows g and g + 8 are columns 16 s + g and 16 s + 8 + g: q[0..1] and q[2..3] */
+                f[s][0] = as_bits(__hmul2(as_half2(q[0]), scale_lo));
+                f[s][1] = as_bits(__hmul2(as_half2(q[2]), scale_hi));
+                f[s][2] = as_bits(__hmul2(as_half2(q[1]), scale_lo));
+                f[s][3] = as_bits(__hmul2(as_half2(q[3]), scale_hi));
+            }
+            const uint64_t descriptor =
+                swizzled_tile_descriptor(a_tile + (kt / 4) * Cfg::kAHalf * 16 + (kt % 4) * 32);
+            warpgroup_fence();
+#pragma unroll
+            for (int s = 0; s < 4; s++) wgmma_16<16 * M_BLOCKS>(&acc[s][0][0], f[s], descriptor);
+            warpgroup_commit();
+        }
+        warpgroup_wait<0>();
+        pin_registers<kAccOuter * kAccInner * 4>(&acc[0][0][0]);
+      }
+    };
     /* Tensor-core work of one iteration on its stage. */
     auto compute_iteration = [&](int stage_index, int slice, int k_step) {
+        if constexpr (WARPGROUP_MMA) {
+            compute_iteration_warpgroup(stage_index, k_step); /* N_TILES == 4: every warp is inside n */
+            return;
+        }
         if (slice * N_TILES + warp_n_tile >= n_tiles_total) return; /* past the last column */
         const int k0 = k_step * Cfg::kBK;
         const bool full_k = k0 + Cfg::kBK <= k;
@@ -482,15 +609,19 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
 
     /* End of a slice: sum the warps of each n-tile, then write C or a slot. */
     auto finish_slice = [&](int slice, bool whole_slice) {
+        /* Warps of k-groups > 0 hand their accumulators to group 0 through
+         * shared memory, 8 float4 per lane at a time (one mma.sync row block,
+         * or an eighth of a warpgroup's instructions). */
         float4* reduce = reinterpret_cast<float4*>(smem_reduce);
+        float(*quads)[4] = &acc[0][0];
 #pragma unroll
-        for (int mb = 0; mb < M_BLOCKS; mb++) {
-            if (mb * 16 >= m) break;
+        for (int c = 0; c < M_BLOCKS; c++) {
+            if (!WARPGROUP_MMA && c * 16 >= m) break; /* mma.sync: row blocks past m hold nothing */
             if (warp_k_group > 0) {
 #pragma unroll
                 for (int b = 0; b < 8; b++)
                     reduce[(((warp_k_group - 1) * N_TILES + warp_n_tile) * 8 + b) * 32 + lane] =
-                        make_float4(acc[mb][b][0], acc[mb][b][1], acc[mb][b][2], acc[mb][b][3]);
+                        make_float4(quads[8 * c + b][0], quads[8 * c + b][1], quads[8 * c + b][2], quads[8 * c + b][3]);
             }
             __syncthreads();
             if (warp_k_group == 0) {
@@ -498,7 +629,8 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
 #pragma unroll
                     for (int b = 0; b < 8; b++) {
                         float4 v = reduce[(((g - 1) * N_TILES + warp_n_tile) * 8 + b) * 32 + lane];
-                        acc[mb][b][0] += v.x, acc[mb][b][1] += v.y, acc[mb][b][2] += v.z, acc[mb][b][3] += v.w;
+                        float* q = quads[8 * c + b];
+                        q[0] += v.x, q[1] += v.y, q[2] += v.z, q[3] += v.w;
                     }
                 }
             }
@@ -507,31 +639,45 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
 
         const int n_tile = slice * N_TILES + warp_n_tile;
         const bool writer = warp_k_group == 0 && n_tile < n_tiles_total;
-        const int row_in_block = lane / 4, col_pair = lane % 4;
-        /* Visits this lane's accumulator pairs of rows < m: (row, column in the slice, x, y). */
-        /* Visits this lane's accumulator pairs of rows < m as (row offset from
-         * the lane's first row, column offset from its first column, x, y):
-         * compile-time offsets, so no address is worked out ahead (and kept in
-         * registers across the main loop). */
+        /* A lane's accumulators come in pairs of adjacent elements: along a
+         * row for mma.sync (columns c, c + 1), along a column for warpgroup
+         * MMA (rows r, r + 1). lane_row / lane_col: the lane's first element
+         * in the tile; the visitor gets offsets from there. */
+        constexpr bool kPairInRow = !WARPGROUP_MMA;
+        const int lane_row = WARPGROUP_MMA ? (lane % 4) * 2 : lane / 4;
+        const int lane_col = warp_n_tile * 64 + (WARPGROUP_MMA ? lane / 4 : (lane % 4) * 2); /* in the slice */
+        /* Visits this lane's pairs whose first row is < m as (row offset, column
+         * offset, x, y, second row valid): compile-time offsets, so no address
+         * is worked out ahead (and kept in registers across the main loop). */
         auto for_each_valid_pair = [&](auto&& visit) {
 #pragma unroll
-            for (int mb = 0; mb < M_BLOCKS; mb++) {
-                if (mb * 16 >= m) break;
-                const int row = mb * 16 + row_in_block;
+            for (int i = 0; i < kAccOuter; i++)
 #pragma unroll
-                for (int b = 0; b < 8; b++) {
-                    if (row < m) visit(mb * 16, b * 8, acc[mb][b][0], acc[mb][b][1]);
-                    if (row + 8 < m) visit(mb * 16 + 8, b * 8, acc[mb][b][2], acc[mb][b][3]);
-                }
-            }
+                for (int b = 0; b < kAccInner; b++)
+#pragma unroll
+                    for (int h = 0; h < 2; h++) {
+                        /* mma.sync: i = row block, b = 8 columns, h = +8 rows;
+                         * warpgroup: i = 16 columns, b = 8 rows, h = +8 columns */
+                        const int row_offset = WARPGROUP_MMA ? 8 * b : 16 * i + 8 * h;
+                        const int col_offset = WARPGROUP_MMA ? 16 * i + 8 * h : 8 * b;
+                        if (!WARPGROUP_MMA && 16 * i >= m) continue;
+                        if (lane_row + row_offset < m)
+                            visit(row_offset, col_offset, acc[i][b][2 * h], acc[i][b][2 * h + 1],
+                                  kPairInRow || lane_row + row_offset + 1 < m);
+                    }
         };
         const int n0 = slice * Cfg::kBN;
-        const int lane_col = warp_n_tile * 64 + col_pair * 2; /* in the slice */
         if (whole_slice) {
             if (writer) {
-                half2* lane_c = args.C + ((size_t)row_in_block * n + n0 + lane_col) / 2;
-                for_each_valid_pair([&](int row_offset, int col_offset, float x, float y) {
-                    lane_c[((size_t)row_offset * n + col_offset) / 2] = __floats2half2_rn(x, y);
+                half* lane_c = reinterpret_cast<half*>(args.C) + (size_t)lane_row * n + n0 + lane_col;
+                for_each_valid_pair([&](int row_offset, int col_offset, float x, float y, bool second) {
+                    half* out = lane_c + (size_t)row_offset * n + col_offset;
+                    if (kPairInRow) {
+                        *reinterpret_cast<half2*>(out) = __floats2half2_rn(x, y);
+                    } else {
+                        out[0] = __float2half_rn(x);
+                        if (second) out[n] = __float2half_rn(y);
+                    }
                 });
             }
             return;
@@ -545,9 +691,15 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
             return reinterpret_cast<float2*>(args.partials + (size_t)(2 * block + (head ? 0 : 1)) * Cfg::kSlotFloats);
         };
         if (writer) {
-            float2* lane_slot = slot_of(blockIdx.x) + (row_in_block * Cfg::kBN + lane_col) / 2;
-            for_each_valid_pair([&](int row_offset, int col_offset, float x, float y) {
-                __stcg(lane_slot + (row_offset * Cfg::kBN + col_offset) / 2, make_float2(x, y));
+            float* lane_slot = reinterpret_cast<float*>(slot_of(blockIdx.x)) + lane_row * Cfg::kBN + lane_col;
+            for_each_valid_pair([&](int row_offset, int col_offset, float x, float y, bool second) {
+                float* out = lane_slot + row_offset * Cfg::kBN + col_offset;
+                if (kPairInRow) {
+                    __stcg(reinterpret_cast<float2*>(out), make_float2(x, y));
+                } else {
+                    __stcg(out, x);
+                    if (second) __stcg(out + Cfg::kBN, y);
+                }
             });
         }
         __threadfence();
@@ -563,7 +715,8 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
         if (!is_last_arrival) return;
         /* The last to arrive sums every contributor's slot in block order (the
          * same order whoever arrives last), spread over all its threads, with
-         * the loads of several slots in flight at once. */
+         * the loads of 8 slots in flight (more would take registers the main
+         * loop needs). */
         __threadfence();
         constexpr int kSlotsInFlight = 8;
         const int cols = n - n0 < Cfg::kBN ? n - n0 : Cfg::kBN;

@@ -18,6 +18,13 @@ using marlin::KernelArgs;
 using marlin::TileConfig;
 
 constexpr int kMinItersPerBlock = 4;
+/* Whether the library holds sm_90a code (warpgroup MMA); CMake defines
+ * MARLIN_HAVE_SM90A when 90a is among the CUDA architectures. */
+#ifdef MARLIN_HAVE_SM90A
+constexpr bool kHaveSm90a = true;
+#else
+constexpr bool kHaveSm90a = false;
+#endif
 constexpr int kMaxChunkRows = 64; /* rows of A one launch covers (M_BLOCKS <= 4) */
 /* The workspace starts with one arrival counter per possible 64-column slice
  * of the largest n, so the counters sit at the same place for every shape and
@@ -29,16 +36,22 @@ using KernelFn = void (*)(const KernelArgs);
 /* One instantiated kernel and the facts the host needs about it. */
 struct KernelVariant {
     int m_blocks, n_tiles, k_tiles, stages, blocks_per_sm;
+    bool warpgroup_mma; /* sm_90a only: needs a library built for 90a */
     int smem_bytes;
     int slot_floats;
     KernelFn kernel;
 };
 
-template <int M_BLOCKS, int N_TILES, int K_TILES, int STAGES, int BLOCKS_PER_SM = 1>
+template <int M_BLOCKS, int N_TILES, int K_TILES, int STAGES, int BLOCKS_PER_SM = 1, bool WARPGROUP_MMA = false>
 KernelVariant make_variant() {
     using Cfg = TileConfig<M_BLOCKS, N_TILES, K_TILES, STAGES>;
-    return {M_BLOCKS, N_TILES, K_TILES, STAGES, BLOCKS_PER_SM, Cfg::kSmemBytes, Cfg::kSlotFloats,
-            marlin::marlin_gemm_kernel<Int4Symmetric, M_BLOCKS, N_TILES, K_TILES, STAGES, BLOCKS_PER_SM>};
+    return {M_BLOCKS, N_TILES, K_TILES, STAGES, BLOCKS_PER_SM, WARPGROUP_MMA, Cfg::kSmemBytes, Cfg::kSlotFloats,
+            marlin::marlin_gemm_kernel<Int4Symmetric, M_BLOCKS, N_TILES, K_TILES, STAGES, BLOCKS_PER_SM,
+                                       WARPGROUP_MMA>};
+}
+template <int M_BLOCKS, int K_TILES, int STAGES>
+KernelVariant make_warpgroup_variant() {
+    return make_variant<M_BLOCKS, 4, K_TILES, STAGES, 1, true>();
 }
 
 /* Every variant the library ships, in order of preference for each row
@@ -52,13 +65,13 @@ const KernelVariant kVariants[] = {
     make_variant<1, 4, 8, 4, 2>(), make_variant<1, 2, 8, 6, 2>(), make_variant<1, 1, 8, 8, 2>(),
     make_variant<1, 2, 8, 4>(), make_variant<1, 1, 8, 4>(),
     /* 17..32 rows */
-    make_variant<2, 4, 8, 4>(), make_variant<2, 4, 8, 3, 2>(), make_variant<2, 2, 8, 8>(),
+    make_warpgroup_variant<2, 8, 4>(), make_variant<2, 4, 8, 4>(), make_variant<2, 4, 8, 3, 2>(), make_variant<2, 2, 8, 8>(),
     make_variant<2, 1, 8, 8>(), make_variant<2, 2, 8, 4>(), make_variant<2, 1, 8, 4>(),
     /* 33..48 rows */
     make_variant<3, 4, 4, 6>(), make_variant<3, 4, 4, 4>(), make_variant<3, 2, 4, 4>(),
     make_variant<3, 1, 8, 3>(),
     /* 49..64 rows */
-    make_variant<4, 4, 8, 4>(), make_variant<4, 4, 4, 6>(), make_variant<4, 4, 4, 4>(),
+    make_warpgroup_variant<4, 8, 4>(), make_variant<4, 4, 8, 4>(), make_variant<4, 4, 4, 6>(), make_variant<4, 4, 4, 4>(),
     make_variant<4, 2, 4, 4>(), make_variant<4, 1, 8, 3>(),
 };
 
@@ -136,6 +149,7 @@ marlin_status raise_smem_limit(const KernelVariant& v, int device) {
 marlin_status plan_launch(int rows, int n, int k, const DeviceInfo& device, LaunchPlan* plan) {
     const int m_blocks = (rows + 15) / 16;
     auto fits = [&](const KernelVariant& v) {
+        if (v.warpgroup_mma && !(device.major == 9 && kHaveSm90a)) return false;
         return v.m_blocks == m_blocks && v.smem_bytes <= device.smem_per_block_optin &&
                v.blocks_per_sm * (v.smem_bytes + 1024) <= device.smem_per_sm; /* 1 KB: per-block reserve */
     };
