@@ -7,6 +7,8 @@
  * |cpu|) < 1e-2, and the same top-1 token on >= 99% of positions.
  *   1. a tiny random model (2 layers, dim 128), a 24-token prompt, then
  *      batched decoding of 3 sequences, and one 150-position sequence;
+ *      prompts of 3 sequences followed by decode steps that read the cache
+ *      the earlier calls wrote (graphs on and off);
  *   2. the real SmolLM2-135M (models/SmolLM2-135M-Instruct.gguf or
  *      MARLIN_LLAMA_MODEL) on the first 256 tokens of carroll-alice, original
  *      weights and int4 g128 RTN. The 94 MB model cannot always travel to a
@@ -24,6 +26,32 @@
 #include "quantize.h"
 #include "test_llama_common.h"
 #include "test_util.h"
+
+typedef struct agreement {
+    double diff, mag;  /* max |gpu - cpu|, max |cpu| */
+    int same_top, rows;
+} agreement;
+
+/* Accumulates the comparison of n_rows rows of cpu and gpu logits. */
+static void compare_logits(const float* cpu, const float* gpu, int n_rows, int V, agreement* g) {
+    for (int r = 0; r < n_rows; r++) {
+        int ta = 0, tb = 0;
+        for (int v = 0; v < V; v++) {
+            float x = cpu[(size_t)r * V + v], y = gpu[(size_t)r * V + v];
+            g->diff = fmax(g->diff, fabs((double)x - y));
+            g->mag = fmax(g->mag, fabs((double)x));
+            if (x > cpu[(size_t)r * V + ta]) ta = v;
+            if (y > gpu[(size_t)r * V + tb]) tb = v;
+        }
+        g->same_top += ta == tb;
+        g->rows++;
+    }
+}
+
+static int agrees(const agreement* g, double* rel) {
+    *rel = g->diff / (g->mag > 0 ? g->mag : 1);
+    return *rel < 1e-2 && g->same_top >= 0.99 * g->rows;
+}
 
 /* Runs the same rows on both backends and compares every logit. */
 static void compare_backends(const llama_model* m, const int* tokens, const int* seq_ids, const int* positions,
@@ -50,22 +78,69 @@ static void compare_backends(const llama_model* m, const int* tokens, const int*
                "%s: two GPU runs give identical logits (CUDA graphs %s)", what,
                n_rows <= 64 && llama_gpu_graphs_enabled(gpu) ? "used" : "not used");
     free(first);
-    double diff = 0, mag = 0;
-    int same_top = 0;
-    for (int r = 0; r < n_rows; r++) {
-        int ta = 0, tb = 0;
-        for (int v = 0; v < V; v++) {
-            float x = a[(size_t)r * V + v], y = b[(size_t)r * V + v];
-            diff = fmax(diff, fabs((double)x - y));
-            mag = fmax(mag, fabs((double)x));
-            if (x > a[(size_t)r * V + ta]) ta = v;
-            if (y > b[(size_t)r * V + tb]) tb = v;
-        }
-        same_top += ta == tb;
+    agreement g = {0};
+    compare_logits(a, b, n_rows, V, &g);
+    double rel;
+    int ok = agrees(&g, &rel);
+    test_check(rc_cpu == 0 && rc_gpu == 0 && ok,
+               "%s: GPU vs CPU logits relative error %.2e, same top-1 on %d of %d rows %s", what, rel, g.same_top,
+               n_rows, rc_gpu ? error : "");
+    free(a);
+    free(b);
+    llama_gpu_free(gpu);
+    llama_cpu_state_free(&cpu);
+    llama_thread_pool_free(pool);
+}
+
+/* One call with the prompts of 3 sequences of different lengths (the GPU
+ * writes the cache before attention), then decode steps of one row per
+ * sequence at different positions (the GPU's attention writes the cache
+ * itself and reads what the earlier calls wrote): every call's logits
+ * against the CPU's. */
+static void compare_decode(const llama_model* m, int graphs, const char* what) {
+    enum { S = 3, P = 20, STEPS = 12, ROWS = 3 * P };
+    int V = m->config.vocab_size;
+    llama_thread_pool* pool = llama_thread_pool_create(0);
+    llama_cpu_state cpu;
+    char error[1024] = "";
+    llama_gpu* gpu = llama_gpu_create(m, ROWS, S, P + STEPS, error, sizeof(error));
+    if (!gpu || llama_cpu_state_init(&cpu, m, pool, ROWS, S, P + STEPS) != 0) {
+        test_check(0, "%s: backends set up (%s)", what, error);
+        llama_thread_pool_free(pool);
+        return;
     }
-    double rel = diff / (mag > 0 ? mag : 1);
-    test_check(rc_cpu == 0 && rc_gpu == 0 && rel < 1e-2 && same_top >= 0.99 * n_rows,
-               "%s: GPU vs CPU logits relative error %.2e, same top-1 on %d of %d rows %s", what, rel, same_top, n_rows,
+    llama_gpu_set_graphs(gpu, graphs);
+    float* a = malloc(sizeof(float) * ROWS * V);
+    float* b = malloc(sizeof(float) * ROWS * V);
+    int tokens[ROWS], seq[ROWS], pos[ROWS], length[S], n = 0;
+    for (int s = 0; s < S; s++) {
+        length[s] = P - 3 * s;
+        for (int t = 0; t < length[s]; t++, n++) {
+            tokens[n] = test_rand_int(V);
+            seq[n] = s;
+            pos[n] = t;
+        }
+    }
+    agreement g = {0};
+    int rc_cpu = llama_cpu_forward(&cpu, tokens, seq, pos, n, a);
+    int rc_gpu = llama_gpu_forward(gpu, tokens, seq, pos, n, b, error, sizeof(error));
+    compare_logits(a, b, n, V, &g);
+    for (int step = 0; step < STEPS && rc_cpu == 0 && rc_gpu == 0; step++) {
+        for (int s = 0; s < S; s++) {
+            tokens[s] = test_rand_int(V);
+            seq[s] = s;
+            pos[s] = length[s] + step;
+        }
+        rc_cpu = llama_cpu_forward(&cpu, tokens, seq, pos, S, a);
+        rc_gpu = llama_gpu_forward(gpu, tokens, seq, pos, S, b, error, sizeof(error));
+        compare_logits(a, b, S, V, &g);
+    }
+    double rel;
+    int ok = agrees(&g, &rel);
+    test_check(rc_cpu == 0 && rc_gpu == 0 && ok,
+               "%s: prompts then %d decode steps, GPU vs CPU logits relative error %.2e, same top-1 on %d of %d "
+               "rows (CUDA graphs %s) %s",
+               what, STEPS, rel, g.same_top, g.rows, llama_gpu_graphs_enabled(gpu) ? "used" : "not used",
                rc_gpu ? error : "");
     free(a);
     free(b);
@@ -113,6 +188,10 @@ static void tiny_model_cases(void) {
         }
         snprintf(what, sizeof(what), "%s, one sequence x %d positions", name, LONG);
         compare_backends(&m, long_tok, long_seq, long_pos, LONG, 1, LONG, what);
+        for (int graphs = 1; graphs >= 0; graphs--) {
+            snprintf(what, sizeof(what), "%s, graphs %s", name, graphs ? "on" : "off");
+            compare_decode(&m, graphs, what);
+        }
     }
     llama_model_free(&m);
 }

@@ -11,11 +11,13 @@
  *   int4 weights      marlin_pack's output, multiplied by marlin_matmul
  * A decode step should cost little more than reading the weights once, so
  * the small kernels are shaped for few rows (see docs/llama.md, "Where a
- * decode step's time goes"): per layer 8 launches (qkv GEMM, RoPE + cache
- * write, attention, out GEMM, residual add fused with the next RMSNorm,
- * gate_up GEMM, SwiGLU, down GEMM); attention spreads each (head, row) over
- * 8 warps with coalesced half2 loads; RoPE angles come from a table built
- * once; SwiGLU spreads a row over many blocks; on sm_90+ the small kernels
+ * decode step's time goes"): per layer of a decode step 8 launches (qkv
+ * GEMM, attention with RoPE and the cache write, out GEMM, residual add
+ * fused with the next RMSNorm, gate_up GEMM, SwiGLU, down GEMM, residual add
+ * + RMSNorm; prompts add a cache write before attention); attention spreads
+ * each (head, row) over 8 warps with coalesced half2 loads; RoPE angles come
+ * from a table built once; SwiGLU spreads a row over many blocks; on sm_90+
+ * the small kernels
  * launch with programmatic dependent launch, as Marlin does, so each one's
  * launch overlaps the previous kernel's tail; no allocation, memset or
  * synchronization inside a step (one pinned copy of the row ids in, one
@@ -93,9 +95,11 @@ struct llama_gpu {
     size_t attention_shared_bytes = 0;
     int dependent_launch = 0;  /* sm_90+: small kernels launch with programmatic dependent launch */
     /* CUDA graphs of the forward pass for small row counts (decode steps):
-     * one per row count, captured on first use; 0 after a failed capture. */
+     * one per row count and kind of call (index 1: every row its own
+     * sequence, see attention_kernel), captured on first use; use_graphs is
+     * 0 after a failed capture. */
     int use_graphs = 1;
-    cudaGraphExec_t graphs[65] = {};
+    cudaGraphExec_t graphs[2][65] = {};
 };
 
 /* ------------------------------------------------------------- kernels -- */
@@ -177,7 +181,7 @@ __global__ void __launch_bounds__(kNormThreads)
 
 /* cos/sin of position * base^(-2i/rope_dim) for every position < max_ctx and
  * i < rope_dim/2, in double as the CPU backend computes them; filled once at
- * set-up so the per-step RoPE kernel only reads it. */
+ * set-up so the per-step kernels only read it. */
 __global__ void rope_table_kernel(float2* table /* max_ctx x rope_dim/2: (cos, sin) */, int max_ctx, int rope_dim,
                                   float rope_base) {
     int half_rope = rope_dim / 2;
@@ -189,39 +193,58 @@ __global__ void rope_table_kernel(float2* table /* max_ctx x rope_dim/2: (cos, s
     }
 }
 
-/* RoPE on q and k of each row (adjacent pairs, GGUF order), then k and v into
- * the cache. One block per row; pairs as half2 (head_dim is even). */
-__global__ void rope_cache_kernel(__half* qkv /* rows x (q_dim + 2 kv_dim) */, const int* seq_ids, const int* positions,
-                                  const float2* rope_table /* max_ctx x rope_dim/2 */, __half* key_cache,
-                                  __half* value_cache, int n_heads, int n_kv_heads, int head_dim, int rope_dim,
-                                  int max_seqs, int max_ctx, int layer) {
+/* RoPE rotation of one adjacent pair (GGUF order) by (cos, sin). Explicitly
+ * rounded operations, never contracted into FMAs, so a key rotated by
+ * cache_write_kernel and by attention_kernel has the same bits. */
+__device__ float2 rotate(float2 ab, float2 cs) {
+    return make_float2(__fsub_rn(__fmul_rn(ab.x, cs.x), __fmul_rn(ab.y, cs.y)),
+                       __fadd_rn(__fmul_rn(ab.x, cs.y), __fmul_rn(ab.y, cs.x)));
+}
+
+/* A key pair as the cache stores it: rotated in fp32, rounded to fp16. */
+__device__ __half2 rotate_key(__half2 k, float2 cs) {
+    float2 r = rotate(__half22float2(k), cs);
+    return __floats2half2_rn(r.x, r.y);
+}
+
+/* Calls where some sequence has several rows (a prompt): every row's rotated
+ * keys and values go into the cache before attention runs, so each row sees
+ * the earlier positions of its own call. One block per row; pairs as half2
+ * (head_dim is even). Decode steps skip it: attention writes the cache. */
+__global__ void cache_write_kernel(const __half* qkv /* rows x (q_dim + 2 kv_dim) */, const int* seq_ids,
+                                   const int* positions, const float2* rope_table /* max_ctx x rope_dim/2 */,
+                                   __half* key_cache, __half* value_cache, int n_heads, int n_kv_heads, int head_dim,
+                                   int rope_dim, int max_seqs, int max_ctx, int layer) {
     begin_dependent_kernel();
     int row = blockIdx.x;
-    int q_dim = n_heads * head_dim, kv_dim = n_kv_heads * head_dim;
-    __half* q = qkv + (size_t)row * (q_dim + 2 * kv_dim);
+    int q_dim = n_heads * head_dim, kv_dim = n_kv_heads * head_dim, pairs = head_dim / 2;
+    const __half2* k = (const __half2*)(qkv + (size_t)row * (q_dim + 2 * kv_dim) + q_dim);
+    const __half2* v = k + kv_dim / 2;
     int pos = positions[row];
-    int half_rope = rope_dim / 2;
-    const float2* angles = rope_table + (size_t)pos * half_rope;
-    for (int item = threadIdx.x; item < (n_heads + n_kv_heads) * half_rope; item += blockDim.x) {
-        int head = item / half_rope, i = item % half_rope;
-        float2 cs = angles[i];
-        __half2* p = (__half2*)(q + (size_t)head * head_dim + 2 * i);  // k heads follow the q heads
-        float2 ab = __half22float2(*p);
-        *p = __floats2half2_rn(ab.x * cs.x - ab.y * cs.y, ab.x * cs.y + ab.y * cs.x);
-    }
-    __syncthreads();
+    const float2* angles = rope_table + (size_t)pos * (rope_dim / 2);
     size_t slot = (((size_t)layer * max_seqs + seq_ids[row]) * max_ctx + pos) * kv_dim;
-    const __half2* k = (const __half2*)(q + q_dim);
-    const __half2* v = (const __half2*)(q + q_dim + kv_dim);
     __half2* kc = (__half2*)(key_cache + slot);
     __half2* vc = (__half2*)(value_cache + slot);
     for (int i = threadIdx.x; i < kv_dim / 2; i += blockDim.x) {
-        kc[i] = k[i];
+        int pair = i % pairs;
+        kc[i] = pair < rope_dim / 2 ? rotate_key(k[i], angles[pair]) : k[i];
         vc[i] = v[i];
     }
 }
 
-/* Decode attention, one block of kAttentionThreads per (head, row).
+/* Attention of one query head of one row, with RoPE: one block of
+ * kAttentionThreads per (head, row). The block rotates its query head into
+ * shared memory (fp32) and its row's key head (fp16, as the cache holds it);
+ * positions before the row's own come from the cache, its own position from
+ * what the block holds (that rotated key, the value straight from qkv), so
+ * no block depends on a cache write of the same launch.
+ * write_cache (decode steps, every row its own sequence): the first query
+ * head of each KV group also stores the row's rotated key and value in the
+ * cache, one writer per (KV head, row), and no block of the launch reads
+ * that slot (other rows are other sequences; the other heads of the group
+ * use their own copy). Otherwise (a prompt, whose rows read each other's
+ * positions) cache_write_kernel has stored every row's before this launch.
+ *
  * Each warp takes positions t = warp, warp + warps, ...; its lanes split the
  * head dimension in half2 pairs (pair = lane + 32 j), so a warp reads one
  * key or value row with coalesced 4-byte loads. kAttentionUnroll positions
@@ -231,27 +254,44 @@ __global__ void rope_cache_kernel(__half* qkv /* rows x (q_dim + 2 kv_dim) */, c
  * sums are added in shared memory at the end. */
 __global__ void __launch_bounds__(kAttentionThreads)
     attention_kernel(const __half* qkv /* rows x (q_dim + 2 kv_dim) */, const int* seq_ids, const int* positions,
-                     const __half* key_cache, const __half* value_cache, __half* out /* rows x q_dim */, int n_heads,
-                     int n_kv_heads, int head_dim, int max_seqs, int max_ctx, int layer) {
+                     const float2* rope_table /* max_ctx x rope_dim/2 */, __half* key_cache, __half* value_cache,
+                     __half* out /* rows x q_dim */, int n_heads, int n_kv_heads, int head_dim, int rope_dim,
+                     int max_seqs, int max_ctx, int layer, int write_cache) {
     constexpr int kWarps = kAttentionThreads / 32;
     constexpr int kPairsPerLane = kMaxHeadDim / 2 / 32;
     extern __shared__ float scores[];  // max_ctx
     __shared__ float reduce[32];
     __shared__ float2 q[kMaxHeadDim / 2];
+    __shared__ __half2 current_key[kMaxHeadDim / 2];
     __shared__ float2 partial[kWarps][kMaxHeadDim / 2];
     begin_dependent_kernel();
     int head = blockIdx.x, row = blockIdx.y;
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int q_dim = n_heads * head_dim, kv_dim = n_kv_heads * head_dim, pairs = head_dim / 2;
-    int kv_head = head / (n_heads / n_kv_heads);
+    int group = n_heads / n_kv_heads, kv_head = head / group;
     int pos = positions[row];
-    const __half2* qr = (const __half2*)(qkv + (size_t)row * (q_dim + 2 * kv_dim) + (size_t)head * head_dim);
-    for (int i = threadIdx.x; i < pairs; i += blockDim.x) q[i] = __half22float2(qr[i]);
-    __syncthreads();
+    const __half* row_qkv = qkv + (size_t)row * (q_dim + 2 * kv_dim);
+    const __half2* qr = (const __half2*)(row_qkv + (size_t)head * head_dim);
+    const __half2* kr = (const __half2*)(row_qkv + q_dim + (size_t)kv_head * head_dim);
+    const __half2* current_value = (const __half2*)(row_qkv + q_dim + kv_dim + (size_t)kv_head * head_dim);
+    const float2* angles = rope_table + (size_t)pos * (rope_dim / 2);
     size_t base = ((size_t)layer * max_seqs + seq_ids[row]) * max_ctx * kv_dim + (size_t)kv_head * head_dim;
-    const __half2* keys = (const __half2*)(key_cache + base);      // position t at keys + t * kv_dim / 2
-    const __half2* values = (const __half2*)(value_cache + base);  // likewise
+    __half2* keys = (__half2*)(key_cache + base);      // position t at keys + t * kv_dim / 2
+    __half2* values = (__half2*)(value_cache + base);  // likewise
     size_t stride = (size_t)kv_dim / 2;
+    bool writer = write_cache && head % group == 0;
+    for (int i = threadIdx.x; i < pairs; i += blockDim.x) {
+        bool rotated = i < rope_dim / 2;
+        float2 qf = __half22float2(qr[i]);
+        __half2 k = rotated ? rotate_key(kr[i], angles[i]) : kr[i];
+        q[i] = rotated ? rotate(qf, angles[i]) : qf;
+        current_key[i] = k;
+        if (writer) {
+            keys[(size_t)pos * stride + i] = k;
+            values[(size_t)pos * stride + i] = current_value[i];
+        }
+    }
+    __syncthreads();
     const __half2 zero = __floats2half2_rn(0.0f, 0.0f);
     float scale = rsqrtf((float)head_dim);
 
@@ -264,7 +304,9 @@ __global__ void __launch_bounds__(kAttentionThreads)
 #pragma unroll
             for (int j = 0; j < kPairsPerLane; j++) {
                 int i = lane + 32 * j;
-                k[u][j] = t <= pos && i < pairs ? keys[(size_t)t * stride + i] : zero;
+                k[u][j] = zero;
+                if (i < pairs && t < pos) k[u][j] = keys[(size_t)t * stride + i];
+                if (i < pairs && t == pos) k[u][j] = current_key[i];
             }
         }
 #pragma unroll
@@ -304,10 +346,12 @@ __global__ void __launch_bounds__(kAttentionThreads)
         for (int u = 0; u < kAttentionUnroll; u++) {
             int t = t0 + u * kWarps;
             p[u] = t <= pos ? scores[t] : 0.0f;
+            const __half2* value = t < pos ? values + (size_t)t * stride : current_value;
 #pragma unroll
             for (int j = 0; j < kPairsPerLane; j++) {
                 int i = lane + 32 * j;
-                v[u][j] = t <= pos && i < pairs ? values[(size_t)t * stride + i] : zero;
+                v[u][j] = zero;
+                if (i < pairs && t <= pos) v[u][j] = value[i];
             }
         }
 #pragma unroll
@@ -643,8 +687,9 @@ extern "C" void llama_gpu_free(llama_gpu* gpu) {
     if (gpu->host_row_ids) cudaFreeHost(gpu->host_row_ids);
     cudaFree(gpu->rope_table);
     cudaFree(gpu->workspace);
-    for (int i = 0; i < 65; i++)
-        if (gpu->graphs[i]) cudaGraphExecDestroy(gpu->graphs[i]);
+    for (int d = 0; d < 2; d++)
+        for (int i = 0; i < 65; i++)
+            if (gpu->graphs[d][i]) cudaGraphExecDestroy(gpu->graphs[d][i]);
     if (gpu->cublas) cublasDestroy(gpu->cublas);
     cudaFree(gpu->cublas_workspace);
     if (gpu->stream) cudaStreamDestroy(gpu->stream);
@@ -761,8 +806,9 @@ extern "C" size_t llama_gpu_weight_bytes(const llama_gpu* gpu) { return gpu->wei
 
 /* Enqueues the whole forward pass on gpu->stream for n_rows rows whose
  * tokens, sequences and positions are already on the device; the logits
- * land in gpu->logits. Only stream work: it can be captured in a graph. */
-static int enqueue_forward(llama_gpu* gpu, int n_rows, char* error, size_t error_bytes) {
+ * land in gpu->logits. distinct: every row has its own sequence (see
+ * attention_kernel). Only stream work: it can be captured in a graph. */
+static int enqueue_forward(llama_gpu* gpu, int n_rows, int distinct, char* error, size_t error_bytes) {
     const llama_config& c = gpu->config;
     if (launch(gpu, "embed_kernel", embed_kernel, n_rows, kThreads, 0, error, error_bytes, gpu->embedding,
                gpu->tokens, gpu->x, c.dim))
@@ -776,14 +822,15 @@ static int enqueue_forward(llama_gpu* gpu, int n_rows, char* error, size_t error
         const gpu_layer& L = gpu->layers[l];
         /* xn holds attn_norm(x) here */
         if (run_linear(gpu, L.qkv, gpu->xn, gpu->qkv, n_rows, error, error_bytes)) return -1;
-        if (launch(gpu, "rope_cache_kernel", rope_cache_kernel, n_rows, kThreads, 0, error, error_bytes, gpu->qkv,
+        if (!distinct &&
+            launch(gpu, "cache_write_kernel", cache_write_kernel, n_rows, kThreads, 0, error, error_bytes, gpu->qkv,
                    gpu->seq_ids, gpu->positions, gpu->rope_table, gpu->key_cache, gpu->value_cache, c.n_heads,
                    c.n_kv_heads, c.head_dim, c.rope_dim, gpu->max_seqs, gpu->max_ctx, l))
             return -1;
         if (launch(gpu, "attention_kernel", attention_kernel, dim3(c.n_heads, n_rows), kAttentionThreads,
                    gpu->attention_shared_bytes, error, error_bytes, gpu->qkv, gpu->seq_ids, gpu->positions,
-                   gpu->key_cache, gpu->value_cache, gpu->attn, c.n_heads, c.n_kv_heads, c.head_dim, gpu->max_seqs,
-                   gpu->max_ctx, l))
+                   gpu->rope_table, gpu->key_cache, gpu->value_cache, gpu->attn, c.n_heads, c.n_kv_heads, c.head_dim,
+                   c.rope_dim, gpu->max_seqs, gpu->max_ctx, l, distinct))
             return -1;
         if (run_linear(gpu, L.out, gpu->attn, gpu->proj, n_rows, error, error_bytes)) return -1;
         if (launch(gpu, "residual_rmsnorm_kernel", residual_rmsnorm_kernel, n_rows, kNormThreads, 0, error,
@@ -811,10 +858,10 @@ static int enqueue_forward(llama_gpu* gpu, int n_rows, char* error, size_t error
     return 0;
 }
 
-/* Captures the forward pass for n_rows into gpu->graphs[n_rows]. On any
- * failure graphs are switched off for this instance (the eager path is
- * always correct) and no graph is stored. */
-static void capture_graph(llama_gpu* gpu, int n_rows) {
+/* Captures the forward pass for n_rows into gpu->graphs[distinct][n_rows].
+ * On any failure graphs are switched off for this instance (the eager path
+ * is always correct) and no graph is stored. */
+static void capture_graph(llama_gpu* gpu, int n_rows, int distinct) {
     char ignored[256];
     cudaGraph_t graph = nullptr;
     if (cudaStreamBeginCapture(gpu->stream, cudaStreamCaptureModeRelaxed) != cudaSuccess) {
@@ -822,17 +869,27 @@ static void capture_graph(llama_gpu* gpu, int n_rows) {
         cudaGetLastError();
         return;
     }
-    int rc = enqueue_forward(gpu, n_rows, ignored, sizeof(ignored));
+    int rc = enqueue_forward(gpu, n_rows, distinct, ignored, sizeof(ignored));
     cudaError_t end = cudaStreamEndCapture(gpu->stream, &graph);
-    if (rc == 0 && end == cudaSuccess && graph &&
-        cudaGraphInstantiate(&gpu->graphs[n_rows], graph, 0) == cudaSuccess) {
+    cudaGraphExec_t* exec = &gpu->graphs[distinct][n_rows];
+    if (rc == 0 && end == cudaSuccess && graph && cudaGraphInstantiate(exec, graph, 0) == cudaSuccess) {
         cudaGraphDestroy(graph);
         return;
     }
     if (graph) cudaGraphDestroy(graph);
-    gpu->graphs[n_rows] = nullptr;
+    *exec = nullptr;
     gpu->use_graphs = 0;
     cudaGetLastError(); /* clear the capture's error: the eager path follows */
+}
+
+/* Whether every row belongs to a different sequence (a decode step). The
+ * scan is quadratic but stops at the first repeat, which a prompt has at
+ * its second row; only batches of distinct sequences run it to the end. */
+static int distinct_sequences(const int* seq_ids, int n_rows) {
+    for (int r = 1; r < n_rows; r++)
+        for (int q = 0; q < r; q++)
+            if (seq_ids[q] == seq_ids[r]) return 0;
+    return 1;
 }
 
 extern "C" void llama_gpu_set_graphs(llama_gpu* gpu, int enabled) { gpu->use_graphs = enabled != 0; }
@@ -860,11 +917,13 @@ extern "C" int llama_gpu_forward(llama_gpu* gpu, const int* tokens, const int* s
     memcpy(ids + gpu->max_rows, seq_ids, n_rows * sizeof(int));
     memcpy(ids + 2 * gpu->max_rows, positions, n_rows * sizeof(int));
     CUDA_TRY(cudaMemcpyAsync(gpu->row_ids, ids, 3 * (size_t)gpu->max_rows * sizeof(int), cudaMemcpyHostToDevice, s));
-    /* decode-sized calls replay a captured graph: one launch instead of ~15 per layer */
-    if (gpu->use_graphs && n_rows <= 64 && !gpu->graphs[n_rows]) capture_graph(gpu, n_rows);
-    if (gpu->use_graphs && n_rows <= 64 && gpu->graphs[n_rows]) {
-        CUDA_TRY(cudaGraphLaunch(gpu->graphs[n_rows], s));
-    } else if (enqueue_forward(gpu, n_rows, error, error_bytes) != 0) {
+    int distinct = distinct_sequences(seq_ids, n_rows);
+    /* decode-sized calls replay a captured graph: one launch instead of ~8 per layer */
+    cudaGraphExec_t* graph = n_rows <= 64 ? &gpu->graphs[distinct][n_rows] : nullptr;
+    if (gpu->use_graphs && graph && !*graph) capture_graph(gpu, n_rows, distinct);
+    if (gpu->use_graphs && graph && *graph) {
+        CUDA_TRY(cudaGraphLaunch(*graph, s));
+    } else if (enqueue_forward(gpu, n_rows, distinct, error, error_bytes) != 0) {
         return -1;
     }
     if (logits)
