@@ -100,6 +100,7 @@ struct llama_gpu {
      * 0 after a failed capture. */
     int use_graphs = 1;
     cudaGraphExec_t graphs[2][65] = {};
+    int linear_only = 0; /* see llama_gpu_set_linear_only */
 };
 
 /* ------------------------------------------------------------- kernels -- */
@@ -658,6 +659,14 @@ extern "C" void llama_gpu_device_name(char* name, size_t name_bytes) {
     else snprintf(name, name_bytes, "unknown device");
 }
 
+static void destroy_graphs(llama_gpu* gpu) {
+    for (int d = 0; d < 2; d++)
+        for (int i = 0; i < 65; i++) {
+            if (gpu->graphs[d][i]) cudaGraphExecDestroy(gpu->graphs[d][i]);
+            gpu->graphs[d][i] = nullptr;
+        }
+}
+
 extern "C" void llama_gpu_free(llama_gpu* gpu) {
     if (!gpu) return;
     for (int l = 0; gpu->layers && l < gpu->config.n_layers; l++) {
@@ -687,9 +696,7 @@ extern "C" void llama_gpu_free(llama_gpu* gpu) {
     if (gpu->host_row_ids) cudaFreeHost(gpu->host_row_ids);
     cudaFree(gpu->rope_table);
     cudaFree(gpu->workspace);
-    for (int d = 0; d < 2; d++)
-        for (int i = 0; i < 65; i++)
-            if (gpu->graphs[d][i]) cudaGraphExecDestroy(gpu->graphs[d][i]);
+    destroy_graphs(gpu);
     if (gpu->cublas) cublasDestroy(gpu->cublas);
     cudaFree(gpu->cublas_workspace);
     if (gpu->stream) cudaStreamDestroy(gpu->stream);
@@ -810,41 +817,46 @@ extern "C" size_t llama_gpu_weight_bytes(const llama_gpu* gpu) { return gpu->wei
  * attention_kernel). Only stream work: it can be captured in a graph. */
 static int enqueue_forward(llama_gpu* gpu, int n_rows, int distinct, char* error, size_t error_bytes) {
     const llama_config& c = gpu->config;
-    if (launch(gpu, "embed_kernel", embed_kernel, n_rows, kThreads, 0, error, error_bytes, gpu->embedding,
-               gpu->tokens, gpu->x, c.dim))
-        return -1;
-    const float* first_norm = c.n_layers > 0 ? gpu->layers[0].attn_norm : gpu->output_norm;
-    if (launch(gpu, "residual_rmsnorm_kernel", residual_rmsnorm_kernel, n_rows, kNormThreads, 0, error, error_bytes,
-               gpu->x, nullptr, first_norm, gpu->xn, c.dim, c.norm_eps))
-        return -1;
+    const bool full = !gpu->linear_only;  // else the GEMMs alone (llama_gpu_set_linear_only)
+    if (full) {
+        if (launch(gpu, "embed_kernel", embed_kernel, n_rows, kThreads, 0, error, error_bytes, gpu->embedding,
+                   gpu->tokens, gpu->x, c.dim))
+            return -1;
+        const float* first_norm = c.n_layers > 0 ? gpu->layers[0].attn_norm : gpu->output_norm;
+        if (launch(gpu, "residual_rmsnorm_kernel", residual_rmsnorm_kernel, n_rows, kNormThreads, 0, error,
+                   error_bytes, gpu->x, nullptr, first_norm, gpu->xn, c.dim, c.norm_eps))
+            return -1;
+    }
     dim3 swiglu_grid((c.ffn_dim + kThreads - 1) / kThreads, n_rows);
     for (int l = 0; l < c.n_layers; l++) {
         const gpu_layer& L = gpu->layers[l];
         /* xn holds attn_norm(x) here */
         if (run_linear(gpu, L.qkv, gpu->xn, gpu->qkv, n_rows, error, error_bytes)) return -1;
-        if (!distinct &&
-            launch(gpu, "cache_write_kernel", cache_write_kernel, n_rows, kThreads, 0, error, error_bytes, gpu->qkv,
-                   gpu->seq_ids, gpu->positions, gpu->rope_table, gpu->key_cache, gpu->value_cache, c.n_heads,
-                   c.n_kv_heads, c.head_dim, c.rope_dim, gpu->max_seqs, gpu->max_ctx, l))
-            return -1;
-        if (launch(gpu, "attention_kernel", attention_kernel, dim3(c.n_heads, n_rows), kAttentionThreads,
-                   gpu->attention_shared_bytes, error, error_bytes, gpu->qkv, gpu->seq_ids, gpu->positions,
-                   gpu->rope_table, gpu->key_cache, gpu->value_cache, gpu->attn, c.n_heads, c.n_kv_heads, c.head_dim,
-                   c.rope_dim, gpu->max_seqs, gpu->max_ctx, l, distinct))
-            return -1;
+        if (full) {
+            if (!distinct &&
+                launch(gpu, "cache_write_kernel", cache_write_kernel, n_rows, kThreads, 0, error, error_bytes,
+                       gpu->qkv, gpu->seq_ids, gpu->positions, gpu->rope_table, gpu->key_cache, gpu->value_cache,
+                       c.n_heads, c.n_kv_heads, c.head_dim, c.rope_dim, gpu->max_seqs, gpu->max_ctx, l))
+                return -1;
+            if (launch(gpu, "attention_kernel", attention_kernel, dim3(c.n_heads, n_rows), kAttentionThreads,
+                       gpu->attention_shared_bytes, error, error_bytes, gpu->qkv, gpu->seq_ids, gpu->positions,
+                       gpu->rope_table, gpu->key_cache, gpu->value_cache, gpu->attn, c.n_heads, c.n_kv_heads,
+                       c.head_dim, c.rope_dim, gpu->max_seqs, gpu->max_ctx, l, distinct))
+                return -1;
+        }
         if (run_linear(gpu, L.out, gpu->attn, gpu->proj, n_rows, error, error_bytes)) return -1;
-        if (launch(gpu, "residual_rmsnorm_kernel", residual_rmsnorm_kernel, n_rows, kNormThreads, 0, error,
-                   error_bytes, gpu->x, gpu->proj, L.ffn_norm, gpu->xn, c.dim, c.norm_eps))
+        if (full && launch(gpu, "residual_rmsnorm_kernel", residual_rmsnorm_kernel, n_rows, kNormThreads, 0, error,
+                           error_bytes, gpu->x, gpu->proj, L.ffn_norm, gpu->xn, c.dim, c.norm_eps))
             return -1;
         if (run_linear(gpu, L.gate_up, gpu->xn, gpu->gate_up, n_rows, error, error_bytes)) return -1;
-        if (launch(gpu, "swiglu_kernel", swiglu_kernel, swiglu_grid, kThreads, 0, error, error_bytes, gpu->gate_up,
-                   gpu->hidden, c.ffn_dim))
+        if (full && launch(gpu, "swiglu_kernel", swiglu_kernel, swiglu_grid, kThreads, 0, error, error_bytes,
+                           gpu->gate_up, gpu->hidden, c.ffn_dim))
             return -1;
         if (run_linear(gpu, L.down, gpu->hidden, gpu->proj, n_rows, error, error_bytes)) return -1;
         /* the residual add, then the next layer's attention norm (or the output norm) */
         const float* next_norm = l + 1 < c.n_layers ? gpu->layers[l + 1].attn_norm : gpu->output_norm;
-        if (launch(gpu, "residual_rmsnorm_kernel", residual_rmsnorm_kernel, n_rows, kNormThreads, 0, error,
-                   error_bytes, gpu->x, gpu->proj, next_norm, gpu->xn, c.dim, c.norm_eps))
+        if (full && launch(gpu, "residual_rmsnorm_kernel", residual_rmsnorm_kernel, n_rows, kNormThreads, 0, error,
+                           error_bytes, gpu->x, gpu->proj, next_norm, gpu->xn, c.dim, c.norm_eps))
             return -1;
     }
     const float alpha = 1.0f, beta = 0.0f;
@@ -893,6 +905,12 @@ static int distinct_sequences(const int* seq_ids, int n_rows) {
 }
 
 extern "C" void llama_gpu_set_graphs(llama_gpu* gpu, int enabled) { gpu->use_graphs = enabled != 0; }
+
+extern "C" void llama_gpu_set_linear_only(llama_gpu* gpu, int enabled) {
+    if (gpu->linear_only == (enabled != 0)) return;
+    gpu->linear_only = enabled != 0;
+    destroy_graphs(gpu); /* captured for the other mode */
+}
 extern "C" int llama_gpu_graphs_enabled(const llama_gpu* gpu) { return gpu->use_graphs; }
 
 extern "C" int llama_gpu_forward(llama_gpu* gpu, const int* tokens, const int* seq_ids, const int* positions,

@@ -44,6 +44,14 @@ int llama_gpu_forward(llama_gpu* gpu, const int* tokens, const int* seq_ids, con
 void llama_gpu_set_graphs(llama_gpu* gpu, int enabled);
 int llama_gpu_graphs_enabled(const llama_gpu* gpu);
 
+/* For measurements (bench --breakdown): when enabled, a forward call runs
+ * only the linear layers, the four of every block and the output head, with
+ * the same shapes, order and buffers, and nothing else (no embedding, norms,
+ * attention, cache writes or SwiGLU), so its logits are meaningless and the
+ * KV cache is left alone. Changing it drops the captured graphs. Off by
+ * default. */
+void llama_gpu_set_linear_only(llama_gpu* gpu, int enabled);
+
 /* Bytes of weights on the device (what one decode step reads). */
 size_t llama_gpu_weight_bytes(const llama_gpu* gpu);
 

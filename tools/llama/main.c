@@ -73,6 +73,7 @@ typedef struct options {
     int graphs;
     char batches[64];
     int quiet;
+    int breakdown;
 } options;
 
 static int parse_int(const char* flag, const char* v, int lo, int hi) {
@@ -96,13 +97,14 @@ static void parse_options(int argc, char** argv, const char* allowed, options* o
             usage();
             exit(0);
         }
-        int is_switch = strcmp(flag, "--chat") == 0 || strcmp(flag, "--quiet") == 0;
+        int is_switch = !strcmp(flag, "--chat") || !strcmp(flag, "--quiet") || !strcmp(flag, "--breakdown");
         char needle[48];
         snprintf(needle, sizeof(needle), " %s ", flag);
         if (strncmp(flag, "--", 2) != 0 || !strstr(allowed, needle)) die("unknown option '%s' (see --help)", flag);
         if (is_switch) {
-            if (strcmp(flag, "--chat") == 0) o->chat = 1;
-            else o->quiet = 1;
+            if (!strcmp(flag, "--chat")) o->chat = 1;
+            else if (!strcmp(flag, "--quiet")) o->quiet = 1;
+            else o->breakdown = 1;
             continue;
         }
         if (i + 1 >= argc) die("%s needs a value", flag);
@@ -555,14 +557,37 @@ static int cmd_quantize(int argc, char** argv) {
 
 static void usage_bench(void) {
     printf("usage: marlin-llama bench [--config llama2-7b] [--batches 1,8,16,32] [--steps 64]\n"
-           "                          [--context 128] [--group-size 128] [--graphs 1] [--backend auto|cpu|gpu]\n"
-           "                          [--threads N]\n"
+           "                          [--context 128] [--group-size 128] [--graphs 1] [--breakdown]\n"
+           "                          [--backend auto|cpu|gpu] [--threads N]\n"
            "Decode speed on synthetic random weights with the shapes of a named config\n"
            "(smollm2-135m, llama2-7b, llama3-8b, llama2-13b): each batch size decodes --steps\n"
            "tokens per sequence after --context cached positions; tokens/s = batch x steps / time.\n"
            "On the GPU: fp16 (cuBLAS) and int4 (Marlin) weights, and the int4 speedup. On the CPU:\n"
            "the fp32 path only (the CPU backend computes int4 layers from dequantized weights).\n"
-           "--graphs 1 (default) replays each decode step as one CUDA graph; 0 launches every kernel.\n");
+           "--graphs 1 (default) replays each decode step as one CUDA graph; 0 launches every kernel.\n"
+           "--breakdown (GPU): also times steps that run only the linear layers (the four GEMMs of\n"
+           "every block and the output head, same shapes and order, no other kernel) and reports\n"
+           "the time outside them (norms, attention, SwiGLU, embedding, launch gaps) per format.\n");
+}
+
+/* Seconds for `steps` decode steps of B sequences, one row each, at
+ * positions context, context + 1, ...; three warm-up steps before (the
+ * first captures the step's graph) are not counted. */
+static double time_gpu_steps(llama_gpu* gpu, int vocab, int B, int steps, int context, int* tokens, int* seq_ids,
+                             int* positions, uint64_t* rng) {
+    char error[1024];
+    for (int b = 0; b < B; b++) seq_ids[b] = b;
+    double t0 = 0;
+    for (int s = -3; s < steps; s++) {
+        if (s == 0) t0 = seconds_now();
+        for (int b = 0; b < B; b++) {
+            tokens[b] = (int)(rng_uniform(rng) * vocab);
+            positions[b] = context + (s < 0 ? 0 : s);
+        }
+        if (llama_gpu_forward(gpu, tokens, seq_ids, positions, B, NULL, error, sizeof(error)) != 0)
+            die("GPU forward: %s", error);
+    }
+    return seconds_now() - t0;
 }
 
 static int cmd_bench(int argc, char** argv) {
@@ -573,8 +598,8 @@ static int cmd_bench(int argc, char** argv) {
     o.group_size = 128;
     o.graphs = 1;
     snprintf(o.batches, sizeof(o.batches), "1,8,16,32");
-    parse_options(argc, argv, " --config --batches --steps --context --group-size --graphs --backend --threads ", &o,
-                  usage_bench);
+    parse_options(argc, argv, " --config --batches --steps --context --group-size --graphs --breakdown --backend --threads ",
+                  &o, usage_bench);
     llama_config config;
     if (llama_config_preset(o.config, &config) != 0)
         die("unknown --config '%s' (smollm2-135m, llama2-7b, llama3-8b, llama2-13b)", o.config);
@@ -604,7 +629,7 @@ static int cmd_bench(int argc, char** argv) {
         char name[256];
         llama_gpu_device_name(name, sizeof(name));
         printf("backend: GPU (%s)\n", name);
-        double speed[2][16];
+        double speed[2][16], step_ms[2][16], linear_ms[2][16];
         for (int format = 0; format < 2; format++) {
             char error[1024];
             llama_gpu* gpu = llama_gpu_create_synthetic(&config, format, o.group_size, max_batch, max_batch, max_ctx,
@@ -613,23 +638,24 @@ static int cmd_bench(int argc, char** argv) {
             llama_gpu_set_graphs(gpu, o.graphs);
             for (int i = 0; i < n_batches; i++) {
                 int B = batches[i];
-                for (int b = 0; b < B; b++) seq_ids[b] = b;
-                double t0 = 0;
-                for (int s = -3; s < o.steps; s++) { /* 3 warm-up steps */
-                    if (s == 0) t0 = seconds_now();
-                    for (int b = 0; b < B; b++) {
-                        tokens[b] = (int)(rng_uniform(&rng) * config.vocab_size);
-                        positions[b] = o.context + (s < 0 ? 0 : s);
-                    }
-                    if (llama_gpu_forward(gpu, tokens, seq_ids, positions, B, NULL, error, sizeof(error)) != 0)
-                        die("GPU forward: %s", error);
-                }
-                double elapsed = seconds_now() - t0;
+                double elapsed = time_gpu_steps(gpu, config.vocab_size, B, o.steps, o.context, tokens, seq_ids,
+                                                positions, &rng);
                 speed[format][i] = (double)B * o.steps / elapsed;
+                step_ms[format][i] = 1e3 * elapsed / o.steps;
                 printf("  %-5s batch %3d: %9.1f tokens/s  (%.3f ms per step, weights %.2f GB -> %.0f GB/s, graphs %s)\n",
-                       format ? "int4" : "fp16", B, speed[format][i], 1e3 * elapsed / o.steps,
+                       format ? "int4" : "fp16", B, speed[format][i], step_ms[format][i],
                        llama_gpu_weight_bytes(gpu) / 1e9, llama_gpu_weight_bytes(gpu) * o.steps / elapsed / 1e9,
                        llama_gpu_graphs_enabled(gpu) && B <= 64 ? "on" : "off");
+                if (o.breakdown) {
+                    llama_gpu_set_linear_only(gpu, 1);
+                    double linear = time_gpu_steps(gpu, config.vocab_size, B, o.steps, o.context, tokens, seq_ids,
+                                                   positions, &rng);
+                    llama_gpu_set_linear_only(gpu, 0);
+                    linear_ms[format][i] = 1e3 * linear / o.steps;
+                    printf("        linear layers only: %.3f ms per step; outside them: %.3f ms (%.0f%% of the step)\n",
+                           linear_ms[format][i], step_ms[format][i] - linear_ms[format][i],
+                           100.0 * (step_ms[format][i] - linear_ms[format][i]) / step_ms[format][i]);
+                }
                 fflush(stdout);
             }
             llama_gpu_free(gpu);
@@ -638,6 +664,16 @@ static int cmd_bench(int argc, char** argv) {
         for (int i = 0; i < n_batches; i++)
             printf("| %s | %d | %.1f | %.1f | %.2fx |\n", o.config, batches[i], speed[0][i], speed[1][i],
                    speed[1][i] / speed[0][i]);
+        if (o.breakdown) {
+            printf("\n| config | batch | format | ms per step | linear layers only (ms) | outside them (ms) | outside |\n"
+                   "|---|---|---|---|---|---|---|\n");
+            for (int i = 0; i < n_batches; i++)
+                for (int format = 0; format < 2; format++)
+                    printf("| %s | %d | %s | %.3f | %.3f | %.3f | %.0f%% |\n", o.config, batches[i],
+                           format ? "int4" : "fp16", step_ms[format][i], linear_ms[format][i],
+                           step_ms[format][i] - linear_ms[format][i],
+                           100.0 * (step_ms[format][i] - linear_ms[format][i]) / step_ms[format][i]);
+        }
     } else {
         double bytes = (double)llama_linear_parameters(&config) * 4 + 2.0 * config.vocab_size * config.dim * 4;
         if (bytes > 8e9) die("%s needs %.0f GB of fp32 weights: too large for the CPU bench", o.config, bytes / 1e9);
@@ -659,7 +695,8 @@ static int cmd_bench(int argc, char** argv) {
         llama_thread_pool* pool = llama_thread_pool_create(o.threads);
         llama_cpu_state st;
         if (!pool || llama_cpu_state_init(&st, &model, pool, max_batch, max_batch, max_ctx) != 0) die("out of memory");
-        printf("backend: CPU, %d threads (fp32 weights)\n", llama_thread_pool_size(pool));
+        printf("backend: CPU, %d threads (fp32 weights)%s\n", llama_thread_pool_size(pool),
+               o.breakdown ? "; --breakdown applies to the GPU only" : "");
         float* logits = malloc((size_t)max_batch * config.vocab_size * sizeof(float));
         if (!logits) die("out of memory");
         for (size_t i = 0; i < (size_t)config.n_layers * max_batch * max_ctx * config.n_kv_heads * config.head_dim; i++) {
