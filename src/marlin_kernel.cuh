@@ -329,8 +329,10 @@ template <typename Format, int M_BLOCKS, int N_TILES, int K_TILES, int STAGES, i
           bool WARPGROUP_MMA = false>
 __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(const __grid_constant__ KernelArgs args) {
     using Cfg = TileConfig<M_BLOCKS, N_TILES, K_TILES, STAGES>;
-    static_assert(!WARPGROUP_MMA || (N_TILES == 4 && (M_BLOCKS == 2 || M_BLOCKS == 4)),
-                  "warpgroup MMA: a warpgroup's 4 warps cover 4 n-tiles, N = 32 or 64 rows");
+    static_assert(!WARPGROUP_MMA || (N_TILES == 4 && (M_BLOCKS == 2 || M_BLOCKS == 4) &&
+                                     (K_TILES / 2) % 2 == 0 && STAGES >= 3),
+                  "warpgroup MMA: a warpgroup's 4 warps cover 4 n-tiles, N = 32 or 64 rows, an even number of "
+                  "k-tiles per warpgroup, a stage of slack");
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && !defined(MARLIN_NO_COPY_ENGINE)
     constexpr bool kCopyEngine = true;
 #else
@@ -496,13 +498,14 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
      * and the warpgroup issues them against the k-tile's activations. The
      * fragments are double-buffered so a k-tile's dequantization overlaps
      * the previous k-tile's instructions. */
+    uint32_t frags[WARPGROUP_MMA ? 2 : 1][4][4];
     auto compute_iteration_warpgroup = [&](int stage_index, int k_step) {
       if constexpr (WARPGROUP_MMA) {
         const int k0 = k_step * Cfg::kBK;
         const int4* stage = smem + stage_index * Cfg::kStage;
         const uint32_t a_tile = shared_address(stage);
-        uint32_t frags[2][4][4];
-        pin_registers<kAccOuter * kAccInner * 4>(&acc[0][0][0]);
+        /* Fragment buffers live across iterations: the last two k-tiles'
+         * instructions may still read them. */
 #pragma unroll
         for (int j = 0; j < Cfg::kKTilesPerWarp; j++) {
             const int kt = warp_k_group * Cfg::kKTilesPerWarp + j; /* k-tile in the step */
@@ -512,8 +515,8 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
             const uint32_t words[4] = {(uint32_t)b.x, (uint32_t)b.y, (uint32_t)b.z, (uint32_t)b.w};
             const uint32_t scale_pairs[4] = {(uint32_t)scale_vec.x, (uint32_t)scale_vec.y, (uint32_t)scale_vec.z,
                                              (uint32_t)scale_vec.w};
-            if (j >= 2) warpgroup_wait<1>(); /* the instructions that read this buffer (k-tile j - 2) are done */
-            uint32_t(&f)[4][4] = frags[j % 2];
+            warpgroup_wait<1>(); /* the instructions that read this buffer (two k-tiles ago) are done */
+            uint32_t(&f)[4][4] = frags[j % 2]; /* kKTilesPerWarp is even: k-tile parity = buffer */
 #pragma unroll
             for (int s = 0; s < 4; s++) {
                 uint32_t q[4];
@@ -533,8 +536,6 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
             for (int s = 0; s < 4; s++) wgmma_16<16 * M_BLOCKS>(&acc[s][0][0], f[s], descriptor);
             warpgroup_commit();
         }
-        warpgroup_wait<0>();
-        pin_registers<kAccOuter * kAccInner * 4>(&acc[0][0][0]);
       }
     };
     /* Tensor-core work of one iteration on its stage. */
@@ -609,6 +610,10 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
 
     /* End of a slice: sum the warps of each n-tile, then write C or a slot. */
     auto finish_slice = [&](int slice, bool whole_slice) {
+        if constexpr (WARPGROUP_MMA) {
+            warpgroup_wait<0>();
+            pin_registers<kAccOuter * kAccInner * 4>(&acc[0][0][0]);
+        }
         /* Warps of k-groups > 0 hand their accumulators to group 0 through
          * shared memory, 8 float4 per lane at a time (one mma.sync row block,
          * or an eighth of a warpgroup's instructions). */
@@ -737,9 +742,13 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
         }
     };
 
-    /* Pipeline: STAGES-1 iterations in flight ahead of the one computed. The
-     * (slice, k step) of the next load and of the computed iteration advance
-     * incrementally: no divisions in the loop. */
+    /* Pipeline: kLookahead iterations in flight ahead of the one computed:
+     * STAGES - 1, or STAGES - 2 with warpgroup MMA, whose instructions still
+     * read the previous iteration's stage while the next one is refilled.
+     * The (slice, k step) of the next load and of the computed iteration
+     * advance incrementally: no divisions in the loop. */
+    constexpr int kLookahead = WARPGROUP_MMA ? STAGES - 2 : STAGES - 1;
+    static_assert(kLookahead >= 1, "too few stages");
     int load_slice = run_begin / k_iters, load_k_step = run_begin % k_iters;
     auto advance = [&](int& slice, int& k_step) {
         if (++k_step == k_iters) k_step = 0, slice++;
@@ -750,14 +759,14 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
      * little stricter.) */
     {
         int slice_t = load_slice, k_step_t = load_k_step;
-        for (int t = 0; t < STAGES - 1 && t < run_length; t++) {
+        for (int t = 0; t < kLookahead && t < run_length; t++) {
             load_weights(t, slice_t, k_step_t);
             advance(slice_t, k_step_t);
         }
     }
     wait_for_previous_grid();
 #pragma unroll
-    for (int t = 0; t < STAGES - 1; t++) {
+    for (int t = 0; t < kLookahead; t++) {
         if (t < run_length) {
             load_activations(t, load_k_step);
             advance(load_slice, load_k_step);
@@ -767,15 +776,18 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
     allow_next_grid();
     int slice = run_begin / k_iters, k_step = run_begin % k_iters;
     int slice_first_t = 0; /* iteration of this run where the current slice began */
-    int stage_index = 0, load_stage = STAGES - 1;
+    int stage_index = 0, load_stage = kLookahead;
     uint32_t stage_parity = 0; /* phase parity of this pass over the stages */
     for (int t = 0; t < run_length; t++) {
         if constexpr (kCopyEngine)
             mbarrier_wait(&stage_full[stage_index], stage_parity);
         else
-            copy_async_wait<STAGES - 2>();
+            copy_async_wait<kLookahead - 1>();
+        /* Warpgroup MMA: the instructions of iteration t - 2, which read the
+         * stage refilled next, are done (at most one iteration's are pending). */
+        if constexpr (WARPGROUP_MMA) warpgroup_wait<Cfg::kKTilesPerWarp>();
         __syncthreads(); /* every thread's copies are visible; every warp is done with the stage refilled next */
-        if (t + STAGES - 1 < run_length) {
+        if (t + kLookahead < run_length) {
             load_weights(load_stage, load_slice, load_k_step);
             load_activations(load_stage, load_k_step);
             advance(load_slice, load_k_step);

@@ -65,13 +65,13 @@ const KernelVariant kVariants[] = {
     make_variant<1, 4, 8, 4, 2>(), make_variant<1, 2, 8, 6, 2>(), make_variant<1, 1, 8, 8, 2>(),
     make_variant<1, 2, 8, 4>(), make_variant<1, 1, 8, 4>(),
     /* 17..32 rows */
-    make_warpgroup_variant<2, 8, 4>(), make_variant<2, 4, 8, 4>(), make_variant<2, 4, 8, 3, 2>(), make_variant<2, 2, 8, 8>(),
+    make_warpgroup_variant<2, 8, 6>(), make_variant<2, 4, 8, 4>(), make_variant<2, 4, 8, 3, 2>(), make_variant<2, 2, 8, 8>(),
     make_variant<2, 1, 8, 8>(), make_variant<2, 2, 8, 4>(), make_variant<2, 1, 8, 4>(),
     /* 33..48 rows */
     make_variant<3, 4, 4, 6>(), make_variant<3, 4, 4, 4>(), make_variant<3, 2, 4, 4>(),
     make_variant<3, 1, 8, 3>(),
     /* 49..64 rows */
-    make_warpgroup_variant<4, 8, 4>(), make_variant<4, 4, 8, 4>(), make_variant<4, 4, 4, 6>(), make_variant<4, 4, 4, 4>(),
+    make_warpgroup_variant<4, 8, 6>(), make_variant<4, 4, 8, 4>(), make_variant<4, 4, 4, 6>(), make_variant<4, 4, 4, 4>(),
     make_variant<4, 2, 4, 4>(), make_variant<4, 1, 8, 3>(),
 };
 
