@@ -501,15 +501,16 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
     uint32_t frags[WARPGROUP_MMA ? 2 : 1][4][4];
     auto compute_iteration_warpgroup = [&](int stage_index, int k_step) {
       if constexpr (WARPGROUP_MMA) {
-        const int k0 = k_step * Cfg::kBK;
         const int4* stage = smem + stage_index * Cfg::kStage;
         const uint32_t a_tile = shared_address(stage);
         /* Fragment buffers live across iterations: the last two k-tiles'
          * instructions may still read them. */
 #pragma unroll
         for (int j = 0; j < Cfg::kKTilesPerWarp; j++) {
-            const int kt = warp_k_group * Cfg::kKTilesPerWarp + j; /* k-tile in the step */
-            if (k0 + kt * 16 >= k) break; /* past k: warp-uniform, so the whole warpgroup stops */
+            /* k-tile in the step. Past k the copy engine zero-filled A, so such
+             * k-tiles add zeros: no branch here, which would make ptxas
+             * serialize every warpgroup instruction (C7518). */
+            const int kt = warp_k_group * Cfg::kKTilesPerWarp + j;
             const int4 b = stage[lane_b_offset + j * N_TILES * 32];
             const int4 scale_vec = stage[lane_scale_offset + ((kt * 16) >> args.group_shift) * (Cfg::kBN / 8)];
             const uint32_t words[4] = {(uint32_t)b.x, (uint32_t)b.y, (uint32_t)b.z, (uint32_t)b.w};
