@@ -37,42 +37,52 @@ using KernelFn = void (*)(const KernelArgs);
 struct KernelVariant {
     int m_blocks, n_tiles, k_tiles, stages, blocks_per_sm;
     bool warpgroup_mma; /* sm_90a only: needs a library built for 90a */
+    int min_rows;       /* serves launches of min_rows .. 16 * m_blocks rows */
+    int min_n;          /* ... whose n is at least this */
     int smem_bytes;
     int slot_floats;
     KernelFn kernel;
 };
 
 template <int M_BLOCKS, int N_TILES, int K_TILES, int STAGES, int BLOCKS_PER_SM = 1, bool WARPGROUP_MMA = false>
-KernelVariant make_variant() {
+KernelVariant make_variant(int min_n = 0, int min_rows = 16 * (M_BLOCKS - 1) + 1) {
     using Cfg = TileConfig<M_BLOCKS, N_TILES, K_TILES, STAGES>;
-    return {M_BLOCKS, N_TILES, K_TILES, STAGES, BLOCKS_PER_SM, WARPGROUP_MMA, Cfg::kSmemBytes, Cfg::kSlotFloats,
+    return {M_BLOCKS, N_TILES, K_TILES, STAGES, BLOCKS_PER_SM, WARPGROUP_MMA, min_rows, min_n, Cfg::kSmemBytes,
+            Cfg::kSlotFloats,
             marlin::marlin_gemm_kernel<Int4Symmetric, M_BLOCKS, N_TILES, K_TILES, STAGES, BLOCKS_PER_SM,
                                        WARPGROUP_MMA>};
 }
 template <int M_BLOCKS, int K_TILES, int STAGES>
-KernelVariant make_warpgroup_variant() {
-    return make_variant<M_BLOCKS, 4, K_TILES, STAGES, 1, true>();
+KernelVariant make_warpgroup_variant(int min_n, int min_rows) {
+    return make_variant<M_BLOCKS, 4, K_TILES, STAGES, 1, true>(min_n, min_rows);
 }
 
-/* Every variant the library ships, in order of preference for each row
- * count (16 * m_blocks). plan_launch takes the first that fits the device and
- * whose tile width divides n, else the first that fits. Measured on the H100
- * (bench/NOTES.md): 256-column tiles, whose 16-row strips are 2 KB contiguous
- * in memory, and two blocks per SM stream weights fastest; the 4-stage
- * one-block variants at the end fit the 99 KB of sm_86 / sm_89. */
+/* Every variant the library ships, in order of preference: plan_launch
+ * takes the first that serves the launch's rows and n, fits the device, and
+ * whose tile width divides n, else the first that serves and fits. Measured
+ * on the H100 (bench/NOTES.md): for up to 16 rows 256-column tiles, whose
+ * 16-row strips are 2 KB contiguous in memory, and two blocks per SM stream
+ * weights fastest; from 17 rows warpgroup MMA (sm_90a) wins where n >= 8192
+ * (32+ column slices), while narrower layers (llama2-7b's o and down, n =
+ * 4096) run faster with 128-column mma.sync tiles, whose partial slices are
+ * half the size to reduce. The 4-stage one-block variants fit the 99 KB of
+ * sm_86 / sm_89. */
+constexpr int kWideN = 8192;
 const KernelVariant kVariants[] = {
     /* 1..16 rows */
     make_variant<1, 4, 8, 4, 2>(), make_variant<1, 2, 8, 6, 2>(), make_variant<1, 1, 8, 8, 2>(),
     make_variant<1, 2, 8, 4>(), make_variant<1, 1, 8, 4>(),
     /* 17..32 rows */
-    make_warpgroup_variant<2, 8, 6>(), make_variant<2, 4, 8, 4>(), make_variant<2, 4, 8, 3, 2>(), make_variant<2, 2, 8, 8>(),
-    make_variant<2, 1, 8, 8>(), make_variant<2, 2, 8, 4>(), make_variant<2, 1, 8, 4>(),
+    make_warpgroup_variant<2, 8, 6>(kWideN, 17), make_variant<2, 4, 8, 4>(kWideN), make_variant<2, 2, 8, 4>(),
+    make_variant<2, 4, 8, 4>(), make_variant<2, 4, 8, 3, 2>(), make_variant<2, 2, 8, 8>(), make_variant<2, 1, 8, 8>(),
+    make_variant<2, 1, 8, 4>(),
+    /* 33..64 rows: warpgroup MMA */
+    make_warpgroup_variant<4, 8, 6>(kWideN, 33),
     /* 33..48 rows */
-    make_variant<3, 4, 4, 6>(), make_variant<3, 4, 4, 4>(), make_variant<3, 2, 4, 4>(),
-    make_variant<3, 1, 8, 3>(),
+    make_variant<3, 4, 4, 6>(), make_variant<3, 4, 4, 4>(), make_variant<3, 2, 4, 4>(), make_variant<3, 1, 8, 3>(),
     /* 49..64 rows */
-    make_warpgroup_variant<4, 8, 6>(), make_variant<4, 4, 8, 4>(), make_variant<4, 4, 4, 6>(), make_variant<4, 4, 4, 4>(),
-    make_variant<4, 2, 4, 4>(), make_variant<4, 1, 8, 3>(),
+    make_variant<4, 4, 8, 4>(kWideN), make_variant<4, 2, 4, 4>(), make_variant<4, 4, 8, 4>(),
+    make_variant<4, 4, 4, 6>(), make_variant<4, 4, 4, 4>(), make_variant<4, 1, 8, 3>(),
 };
 
 struct DeviceInfo {
@@ -147,10 +157,10 @@ marlin_status raise_smem_limit(const KernelVariant& v, int device) {
 
 /* Picks the variant and the striped grid for `rows` (1..64) rows of A. */
 marlin_status plan_launch(int rows, int n, int k, const DeviceInfo& device, LaunchPlan* plan) {
-    const int m_blocks = (rows + 15) / 16;
     auto fits = [&](const KernelVariant& v) {
         if (v.warpgroup_mma && !(device.major == 9 && kHaveSm90a)) return false;
-        return v.m_blocks == m_blocks && v.smem_bytes <= device.smem_per_block_optin &&
+        return v.min_rows <= rows && rows <= 16 * v.m_blocks && n >= v.min_n &&
+               v.smem_bytes <= device.smem_per_block_optin &&
                v.blocks_per_sm * (v.smem_bytes + 1024) <= device.smem_per_sm; /* 1 KB: per-block reserve */
     };
     const KernelVariant* best = nullptr;
