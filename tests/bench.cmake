@@ -5,7 +5,8 @@
 if(MARLIN_BUILD_TOOLS)
   add_test(NAME marlin_bench_help COMMAND $<TARGET_FILE:marlin-bench> --help)
 
-  foreach(bad_args "--m;0" "--m;1,,2" "--m;3x" "--group;100" "--sets;nosuch" "--trials;3" "--csv" "--frobnicate")
+  foreach(bad_args "--m;0" "--m;1,,2" "--m;3x" "--group;100" "--sets;nosuch" "--trials;3" "--csv" "--frobnicate"
+                   "--shape;4096" "--shape;x64" "--shape;64x" "--shape;64x64,64x64,64x64,64x64,64x64")
     string(REPLACE ";" "_" case_name "${bad_args}")
     string(REGEX REPLACE "[^A-Za-z0-9_]" "" case_name "${case_name}")
     add_test(NAME marlin_bench_rejects${case_name}
