@@ -77,11 +77,9 @@ __device__ __forceinline__ uint32_t shared_address(const void* ptr) {
     return static_cast<uint32_t>(__cvta_generic_to_shared(ptr));
 }
 
-/* 16-byte asynchronous copy global -> shared that skips L1 (.cg); with
- * valid == false nothing is read and the destination is zero-filled. */
-__device__ __forceinline__ void copy_async_16(void* dst, const void* src, bool valid) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address(dst)),
-                 "l"(src), "r"(valid ? 16 : 0));
+/* 16-byte asynchronous copy global -> shared that skips L1 (.cg). */
+__device__ __forceinline__ void copy_async_16(void* dst, const void* src) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(shared_address(dst)), "l"(src));
 }
 __device__ __forceinline__ void copy_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int PENDING>
@@ -284,6 +282,13 @@ struct Int4Symmetric {
 
 /* ------------------------------------------------------------------ kernel -- */
 
+/* Scale rows one whole k step of block_k spans (the rows of the copy
+ * engine's scale box): the host's descriptor and the kernel's byte count
+ * must agree. */
+__host__ __device__ constexpr int step_scale_rows(int block_k, int group_shift) {
+    return ((block_k - 1) >> group_shift) + 1;
+}
+
 template <int M_BLOCKS, int N_TILES, int K_TILES, int STAGES>
 struct TileConfig {
     static constexpr int kBM = 16 * M_BLOCKS;
@@ -374,7 +379,7 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
      * instruction on copying. Boxes that reach past m, k or n arrive
      * zero-filled. */
     const uint32_t stage_bytes =
-        16u * (Cfg::kAStage + Cfg::kBStage) + 2u * Cfg::kBN * (((Cfg::kBK - 1) >> args.group_shift) + 1);
+        16u * (Cfg::kAStage + Cfg::kBStage) + 2u * Cfg::kBN * step_scale_rows(Cfg::kBK, args.group_shift);
     auto engine_load_weights = [&](int stage_index, int slice, int k_step) {
         const int k0 = k_step * Cfg::kBK;
         int4* stage = smem + stage_index * Cfg::kStage;
@@ -416,13 +421,12 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
             for (int j = 0; j < kBLoads; j++)
                 if (b_k_tile + j * kBRowsPerLoad < weight_rows)
                     copy_async_16(stage + Cfg::kAStage + tid + j * kThreads,
-                                  src + (size_t)j * kBRowsPerLoad * n_tiles_total * 32, true);
+                                  src + (size_t)j * kBRowsPerLoad * n_tiles_total * 32);
         }
         const int s_row = tid / (Cfg::kBN / 8), s_chunk = tid % (Cfg::kBN / 8);
         if (tid < Cfg::kSStage && s_row < scale_rows && s_chunk < valid_n_tiles * 8)
             copy_async_16(stage + Cfg::kAStage + Cfg::kBStage + tid,
-                          args.scales + ((size_t)((k0 >> args.group_shift) + s_row) * n + n_tile0 * 64) / 8 + s_chunk,
-                          true);
+                          args.scales + ((size_t)((k0 >> args.group_shift) + s_row) * n + n_tile0 * 64) / 8 + s_chunk);
     };
     auto thread_load_activations = [&](int stage_index, int k_step) {
         const int k0 = k_step * Cfg::kBK;
@@ -433,7 +437,7 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
             const int i = tid + j * kThreads, row = i / (Cfg::kBK / 8), chunk = i % (Cfg::kBK / 8);
             if (i < Cfg::kAStage && row < rows && k0 + chunk * 8 < k)
                 copy_async_16(stage + (chunk / 8) * Cfg::kAHalf + row * 8 + ((chunk % 8) ^ (row % 8)),
-                              args.A + ((size_t)row * k + k0) / 8 + chunk, true);
+                              args.A + ((size_t)row * k + k0) / 8 + chunk);
         }
     };
     /* Both take effect only in the threads that issue copies. */
@@ -707,8 +711,8 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
                     if (second) __stcg(out + Cfg::kBN, y);
                 }
             });
+            __threadfence(); /* the slot is visible before the counter says so */
         }
-        __threadfence();
         const int first_block = slice_begin / args.iters_per_block;
         const int last_block = (slice_end - 1) / args.iters_per_block;
         __syncthreads();

@@ -49,8 +49,7 @@ template <int M_BLOCKS, int N_TILES, int K_TILES, int STAGES, int BLOCKS_PER_SM 
 KernelVariant make_variant(int min_n = 0, int min_rows = 16 * (M_BLOCKS - 1) + 1, long long max_weights = 0) {
     using Cfg = TileConfig<M_BLOCKS, N_TILES, K_TILES, STAGES>;
     return {M_BLOCKS, N_TILES, K_TILES, STAGES, BLOCKS_PER_SM, WARPGROUP_MMA, min_rows, min_n, max_weights,
-            Cfg::kSmemBytes,
-            Cfg::kSlotFloats,
+            Cfg::kSmemBytes, Cfg::kSlotFloats,
             marlin::marlin_gemm_kernel<Int4Symmetric, M_BLOCKS, N_TILES, K_TILES, STAGES, BLOCKS_PER_SM,
                                        WARPGROUP_MMA>};
 }
@@ -74,8 +73,8 @@ const KernelVariant kVariants[] = {
     /* 1..16 rows; from 9 rows, layers under 192M weights (96 MB packed:
      * llama2-7b, llama3-8b, llama2-70b's qkv and o) run faster with
      * 128-column tiles (llama3-8b m = 16: 80.5 vs 89.1 us) */
-    make_variant<1, 2, 8, 6, 2>(0, 9, 192ll << 20), make_variant<1, 4, 8, 4, 2>(), make_variant<1, 2, 8, 6, 2>(), make_variant<1, 1, 8, 8, 2>(),
-    make_variant<1, 2, 8, 4>(), make_variant<1, 1, 8, 4>(),
+    make_variant<1, 2, 8, 6, 2>(0, 9, 192ll << 20), make_variant<1, 4, 8, 4, 2>(), make_variant<1, 2, 8, 6, 2>(),
+    make_variant<1, 1, 8, 8, 2>(), make_variant<1, 2, 8, 4>(), make_variant<1, 1, 8, 4>(),
     /* 17..32 rows */
     make_warpgroup_variant<2, 8, 6>(kWideN, 17), make_variant<2, 4, 8, 4>(kWideN), make_variant<2, 2, 8, 4>(),
     make_variant<2, 4, 8, 4>(), make_variant<2, 4, 8, 3, 2>(), make_variant<2, 2, 8, 8>(), make_variant<2, 1, 8, 8>(),
@@ -243,7 +242,7 @@ marlin_status encode_copy_descriptors(KernelArgs* args, const KernelVariant& v, 
     const cuuint64_t b_sizes[3] = {128, n / 64, k / 16}, b_strides[2] = {512, 512 * (n / 64)};
     const cuuint32_t b_box[3] = {128, (cuuint32_t)v.n_tiles, (cuuint32_t)v.k_tiles};
     const cuuint64_t s_sizes[2] = {n, (cuuint64_t)marlin_scale_rows(args->k, group_size)}, s_strides[1] = {2 * n};
-    const cuuint32_t s_box[2] = {(cuuint32_t)block_n, (cuuint32_t)(((block_k - 1) >> args->group_shift) + 1)};
+    const cuuint32_t s_box[2] = {(cuuint32_t)block_n, (cuuint32_t)marlin::step_scale_rows(block_k, args->group_shift)};
     const bool ok = encode_tensor_map(&args->a_map, CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2, args->A, a_sizes, a_strides,
                                       a_box, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_128B) &&
                     encode_tensor_map(&args->b_map, CU_TENSOR_MAP_DATA_TYPE_UINT32, 3, args->B, b_sizes, b_strides,
