@@ -1,7 +1,8 @@
 /*
  * marlin_kernel.cuh: the fp16 x int4 Marlin GEMM kernel.
  *
- * Design, for one launch over at most 64 rows of A (the host splits larger m):
+ * Design, for one launch over at most 64 rows of A, or 128 with warpgroup MMA
+ * (the host splits larger m):
  *
  *  - Tiles. A block computes a BM x BN tile of C (BM = 16*M_BLOCKS rows, BN =
  *    64*N_TILES columns), walking k in steps of BK = 16*K_TILES. One step of
@@ -69,6 +70,7 @@ struct KernelArgs {
     int n, k;
     int group_shift;            /* scale row of k-index i: i >> group_shift (30 for one group) */
     int iters_per_block;        /* length of each block's run of iterations */
+    int cluster_split;          /* > 1: cluster mode (see the kernel); else the striped partition */
 };
 
 /* ------------------------------------------------------------ PTX helpers -- */
@@ -160,6 +162,28 @@ __device__ __forceinline__ void tensor_copy_3d(void* dst, const CUtensorMap* map
 #endif
 }
 
+/* Thread-block clusters (sm_90): every thread of every block of the cluster
+ * arrives, then waits for all the others; shared-memory writes before it are
+ * visible to the cluster's blocks after it. */
+__device__ __forceinline__ void cluster_sync() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+#endif
+}
+/* 16 bytes at the same shared-memory offset as `local`, in block `rank` of the cluster. */
+__device__ __forceinline__ float4 load_cluster_float4(const void* local, int rank) {
+    float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    uint32_t remote;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(shared_address(local)), "r"(rank));
+    asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+                 : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+                 : "r"(remote)
+                 : "memory");
+#endif
+    return v;
+}
+
 /* Four 8x8 fp16 matrices from shared memory: exactly an m16k16 A fragment. */
 __device__ __forceinline__ void load_matrix_x4(uint32_t (&frag)[4], const void* smem_row) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
@@ -177,7 +201,8 @@ __device__ __forceinline__ void mma_16816(float (&acc)[4], const uint32_t (&a)[4
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-/* Warpgroup MMA (sm_90a): D[64 x N] += A[64 x 16] . B[16 x N], A from
+/* Warpgroup MMA (sm_90a): D[64 x N] = A[64 x 16] . B[16 x N] + (D, or 0
+ * when `accumulate` is 0: no instruction but the MMA writes D), A from
  * registers (each warp 16 rows, in the m16n8k16 A-fragment layout), B from
  * shared memory through a matrix descriptor, fp32 accumulators (each warp 16
  * rows, the m16n8 C-fragment layout repeated along N). Asynchronous: fence
@@ -201,13 +226,6 @@ __device__ __forceinline__ void warpgroup_wait() {
     asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(PENDING) : "memory");
 #endif
 }
-/* Pins accumulator registers at this point of the program, so the compiler
- * moves no access to them across a warpgroup_wait. */
-template <int COUNT>
-__device__ __forceinline__ void pin_registers(float* regs) {
-#pragma unroll
-    for (int i = 0; i < COUNT; i++) asm volatile("" : "+f"(regs[i])::"memory");
-}
 /* Descriptor of a K-major operand tile in shared memory laid out by the copy
  * engine's 128-byte swizzle: rows of 128 bytes (64 fp16 of k), 8-row groups
  * 1024 bytes apart, the group base 1024-byte aligned; `address` may point
@@ -217,30 +235,57 @@ __device__ __forceinline__ uint64_t swizzled_tile_descriptor(uint32_t address) {
            (uint64_t)1 << 62;
 }
 template <int N>
-__device__ __forceinline__ void wgmma_16(float* d, const uint32_t (&a)[4], uint64_t b_descriptor);
+__device__ __forceinline__ void wgmma_16(float* d, const uint32_t (&a)[4], uint64_t b_descriptor,
+                                         uint32_t accumulate);
 template <>
-__device__ __forceinline__ void wgmma_16<32>(float* d, const uint32_t (&a)[4], uint64_t b_descriptor) {
+__device__ __forceinline__ void wgmma_16<32>(float* d, const uint32_t (&a)[4], uint64_t b_descriptor,
+                                            uint32_t accumulate) {
 #ifdef MARLIN_WGMMA
     asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
         "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 "
-        "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, {%16,%17,%18,%19}, %20, 1, 1, 1, 0;\n"
+        "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, {%16,%17,%18,%19}, %20, p, 1, 1, 0;\n}\n"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
           "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_descriptor));
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_descriptor), "r"(accumulate));
 #endif
 }
 template <>
-__device__ __forceinline__ void wgmma_16<64>(float* d, const uint32_t (&a)[4], uint64_t b_descriptor) {
+__device__ __forceinline__ void wgmma_16<64>(float* d, const uint32_t (&a)[4], uint64_t b_descriptor,
+                                            uint32_t accumulate) {
 #ifdef MARLIN_WGMMA
     asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
         "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
         "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,"
-        "%28,%29,%30,%31}, {%32,%33,%34,%35}, %36, 1, 1, 1, 0;\n"
+        "%28,%29,%30,%31}, {%32,%33,%34,%35}, %36, p, 1, 1, 0;\n}\n"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
           "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
           "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
           "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_descriptor));
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_descriptor), "r"(accumulate));
+#endif
+}
+
+template <>
+__device__ __forceinline__ void wgmma_16<128>(float* d, const uint32_t (&a)[4], uint64_t b_descriptor,
+                                            uint32_t accumulate) {
+#ifdef MARLIN_WGMMA
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
+        "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,"
+        "%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,"
+        "%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, {%64,%65,%66,%67}, %68, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_descriptor), "r"(accumulate));
 #endif
 }
 
@@ -256,6 +301,20 @@ __device__ __forceinline__ half2 as_half2(uint32_t bits) {
 }
 __device__ __forceinline__ uint32_t as_bits(half2 value) {
     return *reinterpret_cast<uint32_t*>(&value);
+}
+
+/* A lane's 32-bit words of one 16-byte chunk of shared memory: all four, the
+ * two from word `first` (0 or 2), or word `first`. */
+__device__ __forceinline__ void load_lane_words(uint32_t (&out)[4], const int4* chunk, int /* first */) {
+    const int4 v = *chunk;
+    out[0] = (uint32_t)v.x, out[1] = (uint32_t)v.y, out[2] = (uint32_t)v.z, out[3] = (uint32_t)v.w;
+}
+__device__ __forceinline__ void load_lane_words(uint32_t (&out)[2], const int4* chunk, int first) {
+    const int2 v = reinterpret_cast<const int2*>(chunk)[first / 2];
+    out[0] = (uint32_t)v.x, out[1] = (uint32_t)v.y;
+}
+__device__ __forceinline__ void load_lane_words(uint32_t (&out)[1], const int4* chunk, int first) {
+    out[0] = reinterpret_cast<const uint32_t*>(chunk)[first];
 }
 
 /* --------------------------------------------------------- weight formats -- */
@@ -289,12 +348,21 @@ __host__ __device__ constexpr int step_scale_rows(int block_k, int group_shift) 
     return ((block_k - 1) >> group_shift) + 1;
 }
 
-template <int M_BLOCKS, int N_TILES, int K_TILES, int STAGES>
+/* Warps that share one n-tile, each summing its share of a step's k-tiles:
+ * kWarps / N_TILES; but warpgroup MMA tiles of 128 rows (whose accumulators
+ * fill a warpgroup's registers for 128 columns) or of 128 columns split the
+ * columns between the two warpgroups instead, and each warp takes every
+ * k-tile. */
+__host__ __device__ constexpr int k_groups(int m_blocks, int n_tiles, bool warpgroup_mma) {
+    return warpgroup_mma && (m_blocks == 8 || n_tiles == 2) ? 1 : kWarps / n_tiles;
+}
+
+template <int M_BLOCKS, int N_TILES, int K_TILES, int STAGES, int K_GROUPS = kWarps / N_TILES>
 struct TileConfig {
     static constexpr int kBM = 16 * M_BLOCKS;
     static constexpr int kBN = 64 * N_TILES;
     static constexpr int kBK = 16 * K_TILES;
-    static constexpr int kKGroups = kWarps / N_TILES;       /* warps sharing one n-tile */
+    static constexpr int kKGroups = K_GROUPS;               /* warps sharing one n-tile */
     static constexpr int kKTilesPerWarp = K_TILES / kKGroups;
     static constexpr int kScaleRows = kBK / 32 > 0 ? kBK / 32 : 1; /* most groups one step spans */
     /* Shared memory, in int4 (16-byte) units. A stage holds A as BK/64
@@ -316,6 +384,7 @@ struct TileConfig {
     static constexpr int kSlotFloats = kBM * kBN;
 
     static_assert(kWarps % N_TILES == 0, "N_TILES must divide the warp count");
+    static_assert(K_GROUPS == 1 || K_GROUPS == kWarps / N_TILES, "k-groups: all warps of an n-tile, or one");
     static_assert(K_TILES % kKGroups == 0, "every warp needs the same number of k-tiles");
     static_assert(K_TILES % 4 == 0, "A is copied in 64-column halves");
     static_assert(STAGES >= 2, "the pipeline needs at least two stages");
@@ -333,11 +402,19 @@ struct TileConfig {
 template <typename Format, int M_BLOCKS, int N_TILES, int K_TILES, int STAGES, int BLOCKS_PER_SM,
           bool WARPGROUP_MMA = false>
 __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(const __grid_constant__ KernelArgs args) {
-    using Cfg = TileConfig<M_BLOCKS, N_TILES, K_TILES, STAGES>;
-    static_assert(!WARPGROUP_MMA || (N_TILES == 4 && (M_BLOCKS == 2 || M_BLOCKS == 4) &&
-                                     (K_TILES / 2) % 2 == 0 && STAGES >= 3),
-                  "warpgroup MMA: a warpgroup's 4 warps cover 4 n-tiles, N = 32 or 64 rows, an even number of "
-                  "k-tiles per warpgroup, a stage of slack");
+    using Cfg = TileConfig<M_BLOCKS, N_TILES, K_TILES, STAGES, k_groups(M_BLOCKS, N_TILES, WARPGROUP_MMA)>;
+    static_assert(!WARPGROUP_MMA || ((N_TILES == 4 || N_TILES == 2) && (M_BLOCKS == 2 || M_BLOCKS == 4 ||
+                                     M_BLOCKS == 8) && Cfg::kKTilesPerWarp % 2 == 0 && STAGES >= 3),
+                  "warpgroup MMA: 2 or 4 n-tiles per block, N = 32, 64 or 128 rows, an even number of k-tiles per "
+                  "warpgroup, a stage of slack");
+    /* Warpgroup MMA with split columns (see k_groups): the two warpgroups
+     * take half the tile's columns each, warp w columns 64 N_TILES / 8 * w
+     * and on (half an n-tile, two instructions per k-tile, with 4 n-tiles; a
+     * quarter, one instruction, with 2); otherwise warp w holds n-tile w % 4
+     * (four instructions per k-tile) and the warpgroups split k. */
+    constexpr bool kSplitColumns = WARPGROUP_MMA && Cfg::kKGroups == 1;
+    constexpr int kWarpsPerNTile = kWarps / N_TILES;
+    constexpr int kWarpWords = kSplitColumns ? 4 / kWarpsPerNTile : 4; /* weight words per lane and k-tile */
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && !defined(MARLIN_NO_COPY_ENGINE)
     constexpr bool kCopyEngine = true;
 #else
@@ -350,16 +427,33 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
     int4* smem_reduce = smem + STAGES * Cfg::kStage;
 
     const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
-    const int warp_n_tile = warp % N_TILES, warp_k_group = warp / N_TILES;
+    const int warp_n_tile = kSplitColumns ? warp / kWarpsPerNTile : warp % N_TILES;
+    const int warp_k_group = kSplitColumns ? 0 : warp / N_TILES;
+    /* first of the lane's words this warp uses */
+    const int warp_word0 = kSplitColumns ? (warp % kWarpsPerNTile) * kWarpWords : 0;
     const int n = args.n, k = args.k, m = args.m;
     const int k_tiles_total = k / 16, n_tiles_total = n / 64;
     const int k_iters = (k + Cfg::kBK - 1) / Cfg::kBK;
     const int slices = (n + Cfg::kBN - 1) / Cfg::kBN;
     const int rows = m < Cfg::kBM ? m : Cfg::kBM; /* rows of A this launch reads */
 
-    const int run_begin = blockIdx.x * args.iters_per_block;
-    int run_end = run_begin + args.iters_per_block;
-    if (run_end > slices * k_iters) run_end = slices * k_iters;
+    /* Striped: block b runs iterations b * iters_per_block ... Cluster mode
+     * (sm_90, small layers): the launch's clusters of cluster_split blocks
+     * each take one slice, block r of a cluster its r-th share of k steps
+     * (at least one), and they sum their tiles through distributed shared
+     * memory: no workspace, no global round trips. No block returns early
+     * in cluster mode (every block takes part in the cluster barriers). */
+    const bool cluster_mode = args.cluster_split > 1;
+    int run_begin, run_end;
+    if (cluster_mode) {
+        const int cluster_slice = blockIdx.x / args.cluster_split, rank = blockIdx.x % args.cluster_split;
+        run_begin = cluster_slice * k_iters + rank * k_iters / args.cluster_split;
+        run_end = cluster_slice * k_iters + (rank + 1) * k_iters / args.cluster_split;
+    } else {
+        run_begin = blockIdx.x * args.iters_per_block;
+        run_end = run_begin + args.iters_per_block;
+        if (run_end > slices * k_iters) run_end = slices * k_iters;
+    }
     const int run_length = run_end - run_begin;
     if (run_length <= 0) return;
 
@@ -461,7 +555,7 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
      * columns 8 b.. of the n-tile. Warpgroup MMA (C^T = W^T A^T, weights as
      * the M operand): acc[s][j] is the C fragment of the instruction for
      * columns 16 s.. of the n-tile (M rows) and rows 8 j.. of A (N columns). */
-    constexpr int kAccOuter = WARPGROUP_MMA ? 4 : M_BLOCKS, kAccInner = WARPGROUP_MMA ? 2 * M_BLOCKS : 8;
+    constexpr int kAccOuter = WARPGROUP_MMA ? kWarpWords : M_BLOCKS, kAccInner = WARPGROUP_MMA ? 2 * M_BLOCKS : 8;
     float acc[kAccOuter][kAccInner][4];
     auto clear_acc = [&]() {
 #pragma unroll
@@ -497,13 +591,13 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
     const int lane_b_offset = Cfg::kAStage + (warp_k_group * Cfg::kKTilesPerWarp * N_TILES + warp_n_tile) * 32 + lane;
     const int lane_scale_offset = Cfg::kAStage + Cfg::kBStage + (warp_n_tile * 64 + (lane / 4) * 8) / 8;
     /* Warpgroup MMA: warpgroup g (warps 4g..4g+3) takes the same k-tiles as
-     * warp_k_group g; warp w of it dequantizes its n-tile's words of a
-     * k-tile into the A fragments of 4 instructions (one per 16 columns s),
-     * and the warpgroup issues them against the k-tile's activations. The
-     * fragments are double-buffered so a k-tile's dequantization overlaps
-     * the previous k-tile's instructions. */
-    uint32_t frags[WARPGROUP_MMA ? 2 : 1][4][4];
-    auto compute_iteration_warpgroup = [&](int stage_index, int k_step) {
+     * warp_k_group g (all k-tiles with 128 rows); warp w of it dequantizes
+     * its words of a k-tile into the A fragments of kWarpWords instructions
+     * (one per 16 columns s), and the warpgroup issues them against the
+     * k-tile's activations. The fragments are double-buffered so a k-tile's
+     * dequantization overlaps the previous k-tile's instructions. */
+    uint32_t frags[WARPGROUP_MMA ? 2 : 1][kWarpWords][4];
+    auto compute_iteration_warpgroup = [&](int stage_index, int k_step, uint32_t accumulate_first) {
       if constexpr (WARPGROUP_MMA) {
         const int4* stage = smem + stage_index * Cfg::kStage;
         const uint32_t a_tile = shared_address(stage);
@@ -515,15 +609,14 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
              * k-tiles add zeros: no branch here, which would make ptxas
              * serialize every warpgroup instruction (C7518). */
             const int kt = warp_k_group * Cfg::kKTilesPerWarp + j;
-            const int4 b = stage[lane_b_offset + j * N_TILES * 32];
-            const int4 scale_vec = stage[lane_scale_offset + ((kt * 16) >> args.group_shift) * (Cfg::kBN / 8)];
-            const uint32_t words[4] = {(uint32_t)b.x, (uint32_t)b.y, (uint32_t)b.z, (uint32_t)b.w};
-            const uint32_t scale_pairs[4] = {(uint32_t)scale_vec.x, (uint32_t)scale_vec.y, (uint32_t)scale_vec.z,
-                                             (uint32_t)scale_vec.w};
+            uint32_t words[kWarpWords], scale_pairs[kWarpWords];
+            load_lane_words(words, stage + lane_b_offset + j * N_TILES * 32, warp_word0);
+            load_lane_words(scale_pairs, stage + lane_scale_offset + ((kt * 16) >> args.group_shift) * (Cfg::kBN / 8),
+                            warp_word0);
             warpgroup_wait<1>(); /* the instructions that read this buffer (two k-tiles ago) are done */
-            uint32_t(&f)[4][4] = frags[j % 2]; /* kKTilesPerWarp is even: k-tile parity = buffer */
+            uint32_t(&f)[kWarpWords][4] = frags[j % 2]; /* kKTilesPerWarp is even: k-tile parity = buffer */
 #pragma unroll
-            for (int s = 0; s < 4; s++) {
+            for (int s = 0; s < kWarpWords; s++) {
                 uint32_t q[4];
                 Format::dequantize(words[s], q);
                 const half2 scale_pair = as_half2(scale_pairs[s]);
@@ -538,15 +631,19 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
                 swizzled_tile_descriptor(a_tile + (kt / 4) * Cfg::kAHalf * 16 + (kt % 4) * 32);
             warpgroup_fence();
 #pragma unroll
-            for (int s = 0; s < 4; s++) wgmma_16<16 * M_BLOCKS>(&acc[s][0][0], f[s], descriptor);
+            for (int s = 0; s < kWarpWords; s++)
+                wgmma_16<16 * M_BLOCKS>(&acc[s][0][0], f[s], descriptor, j == 0 ? accumulate_first : 1u);
             warpgroup_commit();
         }
       }
     };
-    /* Tensor-core work of one iteration on its stage. */
-    auto compute_iteration = [&](int stage_index, int slice, int k_step) {
+    /* Tensor-core work of one iteration on its stage; slice_start: the first
+     * of its slice in this run (warpgroup MMA starts the accumulators there,
+     * where mma.sync has them cleared by the previous finish_slice). */
+    auto compute_iteration = [&](int stage_index, int slice, int k_step, bool slice_start) {
         if constexpr (WARPGROUP_MMA) {
-            compute_iteration_warpgroup(stage_index, k_step); /* N_TILES == 4: every warp is inside n */
+            /* N_TILES == 4: every warp is inside n */
+            compute_iteration_warpgroup(stage_index, k_step, slice_start ? 0u : 1u);
             return;
         }
         if (slice * N_TILES + warp_n_tile >= n_tiles_total) return; /* past the last column */
@@ -616,8 +713,7 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
     /* End of a slice: sum the warps of each n-tile, then write C or a slot. */
     auto finish_slice = [&](int slice, bool whole_slice) {
         if constexpr (WARPGROUP_MMA) {
-            warpgroup_wait<0>();
-            pin_registers<kAccOuter * kAccInner * 4>(&acc[0][0][0]);
+            warpgroup_wait<0>(); /* ptxas makes every read of an accumulator below wait for it */
         }
         /* Warps of k-groups > 0 hand their accumulators to group 0 through
          * shared memory, 8 float4 per lane at a time (one mma.sync row block,
@@ -625,7 +721,7 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
         float4* reduce = reinterpret_cast<float4*>(smem_reduce);
         float(*quads)[4] = &acc[0][0];
 #pragma unroll
-        for (int c = 0; c < M_BLOCKS; c++) {
+        for (int c = 0; c < (Cfg::kKGroups > 1 ? M_BLOCKS : 0); c++) {
             if (!WARPGROUP_MMA && c * 16 >= m) break; /* mma.sync: row blocks past m hold nothing */
             if (warp_k_group > 0) {
 #pragma unroll
@@ -655,7 +751,8 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
          * in the tile; the visitor gets offsets from there. */
         constexpr bool kPairInRow = !WARPGROUP_MMA;
         const int lane_row = WARPGROUP_MMA ? (lane % 4) * 2 : lane / 4;
-        const int lane_col = warp_n_tile * 64 + (WARPGROUP_MMA ? lane / 4 : (lane % 4) * 2); /* in the slice */
+        const int lane_col = /* in the slice */
+            warp_n_tile * 64 + (WARPGROUP_MMA ? 16 * warp_word0 + lane / 4 : (lane % 4) * 2);
         /* Visits this lane's pairs whose first row is < m as (row offset, column
          * offset, x, y, second row valid): compile-time offsets, so no address
          * is worked out ahead (and kept in registers across the main loop). */
@@ -693,6 +790,48 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
             return;
         }
 
+        if (cluster_mode) {
+            /* Every block of the cluster holds part of the sums of one slice:
+             * each stores rows < m of its tile in its own (now idle) stage
+             * memory, row-major fp32; then block r adds up the r-th share of
+             * the tile from all blocks, in rank order, and writes C. */
+            static_assert(Cfg::kBM * Cfg::kBN * 4 <= 16 * STAGES * Cfg::kStage, "a tile fits in the stages");
+            float* tile = reinterpret_cast<float*>(smem);
+            __syncthreads(); /* every warp is done with the stages */
+            if (writer) {
+                float* lane_tile = tile + lane_row * Cfg::kBN + lane_col;
+                for_each_valid_pair([&](int row_offset, int col_offset, float x, float y, bool second) {
+                    float* out = lane_tile + row_offset * Cfg::kBN + col_offset;
+                    if (kPairInRow) {
+                        *reinterpret_cast<float2*>(out) = make_float2(x, y);
+                    } else {
+                        out[0] = x;
+                        if (second) out[Cfg::kBN] = y;
+                    }
+                });
+            }
+            cluster_sync();
+            const int blocks = args.cluster_split, rank = blockIdx.x % blocks;
+            const int cols = n - n0 < Cfg::kBN ? n - n0 : Cfg::kBN; /* a multiple of 64 */
+            const int vectors = rows * (Cfg::kBN / 4);
+            const int share_end = (rank + 1) * vectors / blocks;
+            for (int e = rank * vectors / blocks + tid; e < share_end; e += kThreads) {
+                const int row = e / (Cfg::kBN / 4), col = (e % (Cfg::kBN / 4)) * 4;
+                float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                for (int b = 0; b < blocks; b++) {
+                    const float4 v = load_cluster_float4(tile + 4 * e, b);
+                    sum.x += v.x, sum.y += v.y, sum.z += v.z, sum.w += v.w;
+                }
+                if (col < cols) {
+                    half2* out = args.C + ((size_t)row * n + n0 + col) / 2;
+                    out[0] = __floats2half2_rn(sum.x, sum.y);
+                    out[1] = __floats2half2_rn(sum.z, sum.w);
+                }
+            }
+            cluster_sync(); /* no block leaves while another still reads its tile */
+            return;
+        }
+
         /* Partial slice: publish this block's share, rows < m of its tile
          * row-major in fp32, in its slot. */
         const int slice_begin = slice * k_iters, slice_end = slice_begin + k_iters;
@@ -724,26 +863,42 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
         __syncthreads();
         if (!is_last_arrival) return;
         /* The last to arrive sums every contributor's slot in block order (the
-         * same order whoever arrives last), spread over all its threads, with
-         * the loads of 8 slots in flight (more would take registers the main
-         * loop needs). */
+         * same order whoever arrives last), spread over all its threads, four
+         * columns per load. This one block reads every slot (8 of them for a
+         * slice cut 8 ways), so the sum is latency-bound: each thread keeps
+         * kVectorsAtOnce x kSlotsInFlight loads in flight (the accumulators are
+         * dead here, so the registers are free). */
         __threadfence();
-        constexpr int kSlotsInFlight = 8;
-        const int cols = n - n0 < Cfg::kBN ? n - n0 : Cfg::kBN;
-        for (int e = tid; e < rows * (Cfg::kBN / 2); e += kThreads) {
-            const int row = e / (Cfg::kBN / 2), col = (e % (Cfg::kBN / 2)) * 2;
-            if (col >= cols) continue;
-            float2 sum = make_float2(0.0f, 0.0f);
+        constexpr int kSlotsInFlight = 8, kVectorsAtOnce = 1;
+        const int cols = n - n0 < Cfg::kBN ? n - n0 : Cfg::kBN; /* a multiple of 64 */
+        const int vectors = rows * (Cfg::kBN / 4);
+        for (int e0 = tid; e0 < vectors; e0 += kThreads * kVectorsAtOnce) {
+            float4 sum[kVectorsAtOnce];
+#pragma unroll
+            for (int u = 0; u < kVectorsAtOnce; u++) sum[u] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
             for (int block0 = first_block; block0 <= last_block; block0 += kSlotsInFlight) {
-                float2 v[kSlotsInFlight];
+                float4 v[kVectorsAtOnce][kSlotsInFlight];
 #pragma unroll
-                for (int i = 0; i < kSlotsInFlight; i++)
-                    if (block0 + i <= last_block) v[i] = __ldcg(slot_of(block0 + i) + e);
+                for (int u = 0; u < kVectorsAtOnce; u++)
 #pragma unroll
-                for (int i = 0; i < kSlotsInFlight; i++)
-                    if (block0 + i <= last_block) sum.x += v[i].x, sum.y += v[i].y;
+                    for (int i = 0; i < kSlotsInFlight; i++)
+                        if (block0 + i <= last_block && e0 + u * kThreads < vectors)
+                            v[u][i] = __ldcg(reinterpret_cast<const float4*>(slot_of(block0 + i)) + e0 + u * kThreads);
+#pragma unroll
+                for (int u = 0; u < kVectorsAtOnce; u++)
+#pragma unroll
+                    for (int i = 0; i < kSlotsInFlight; i++)
+                        if (block0 + i <= last_block && e0 + u * kThreads < vectors)
+                            sum[u].x += v[u][i].x, sum[u].y += v[u][i].y, sum[u].z += v[u][i].z, sum[u].w += v[u][i].w;
             }
-            args.C[((size_t)row * n + n0 + col) / 2] = __floats2half2_rn(sum.x, sum.y);
+#pragma unroll
+            for (int u = 0; u < kVectorsAtOnce; u++) {
+                const int e = e0 + u * kThreads, row = e / (Cfg::kBN / 4), col = (e % (Cfg::kBN / 4)) * 4;
+                if (e >= vectors || col >= cols) continue;
+                half2* out = args.C + ((size_t)row * n + n0 + col) / 2;
+                out[0] = __floats2half2_rn(sum[u].x, sum[u].y);
+                out[1] = __floats2half2_rn(sum[u].z, sum[u].w);
+            }
         }
     };
 
@@ -780,36 +935,39 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
     }
     allow_next_grid();
     int slice = run_begin / k_iters, k_step = run_begin % k_iters;
-    int slice_first_t = 0; /* iteration of this run where the current slice began */
     int stage_index = 0, load_stage = kLookahead;
     uint32_t stage_parity = 0; /* phase parity of this pass over the stages */
-    for (int t = 0; t < run_length; t++) {
-        if constexpr (kCopyEngine)
-            mbarrier_wait(&stage_full[stage_index], stage_parity);
-        else
-            copy_async_wait<kLookahead - 1>();
-        /* Warpgroup MMA: the instructions of iteration t - 2, which read the
-         * stage refilled next, are done (at most one iteration's are pending). */
-        if constexpr (WARPGROUP_MMA) warpgroup_wait<Cfg::kKTilesPerWarp>();
-        __syncthreads(); /* every thread's copies are visible; every warp is done with the stage refilled next */
-        if (t + kLookahead < run_length) {
-            load_weights(load_stage, load_slice, load_k_step);
-            load_activations(load_stage, load_k_step);
-            advance(load_slice, load_k_step);
+    /* One pass of the outer loop per slice the run touches; the epilogue
+     * (finish_slice) stays outside the inner loop, so the accumulators are
+     * touched by nothing but MMAs there and warpgroup MMAs stay in flight
+     * from one iteration to the next. */
+    for (int t = 0; t < run_length;) {
+        const int slice_first_t = t;
+        const int slice_end_t = t + (k_iters - k_step < run_length - t ? k_iters - k_step : run_length - t);
+        for (; t < slice_end_t; t++) {
+            if constexpr (kCopyEngine)
+                mbarrier_wait(&stage_full[stage_index], stage_parity);
+            else
+                copy_async_wait<kLookahead - 1>();
+            /* Warpgroup MMA: the instructions of iteration t - 2, which read the
+             * stage refilled next, are done (at most one iteration's are pending). */
+            if constexpr (WARPGROUP_MMA) warpgroup_wait<Cfg::kKTilesPerWarp>();
+            __syncthreads(); /* every thread's copies are visible; every warp is done with the stage refilled next */
+            if (t + kLookahead < run_length) {
+                load_weights(load_stage, load_slice, load_k_step);
+                load_activations(load_stage, load_k_step);
+                advance(load_slice, load_k_step);
+            }
+            if constexpr (!kCopyEngine) copy_async_commit();
+            load_stage = load_stage == STAGES - 1 ? 0 : load_stage + 1;
+            compute_iteration(stage_index, slice, k_step + (t - slice_first_t), t == slice_first_t);
+            if (++stage_index == STAGES) stage_index = 0, stage_parity ^= 1;
         }
-        if constexpr (!kCopyEngine) copy_async_commit();
-        load_stage = load_stage == STAGES - 1 ? 0 : load_stage + 1;
-        compute_iteration(stage_index, slice, k_step);
-        if (++stage_index == STAGES) stage_index = 0, stage_parity ^= 1;
-
-        if (k_step == k_iters - 1 || t == run_length - 1) {
-            /* Whole if this run covered the slice from k step 0 to the last. */
-            const bool whole_slice = k_step == k_iters - 1 && k_step == t - slice_first_t;
-            finish_slice(slice, whole_slice);
-            clear_acc();
-            slice_first_t = t + 1;
-        }
-        advance(slice, k_step);
+        /* Whole if this run covered the slice from k step 0 to the last. */
+        const bool whole_slice = k_step == 0 && t - slice_first_t == k_iters;
+        finish_slice(slice, whole_slice);
+        if constexpr (!WARPGROUP_MMA) clear_acc(); /* warpgroup MMA starts the next slice with accumulate = 0 */
+        slice++, k_step = 0;
     }
     if constexpr (!kCopyEngine) copy_async_wait<0>();
 }

@@ -2,7 +2,7 @@
  * matmul.cu: the host side of marlin_matmul: argument checks, the table of
  * kernel variants, the choice of variant and grid for a shape, the workspace
  * layout, the copy-engine descriptors (sm_90), and the launches (one per
- * 64-row chunk of A).
+ * 64- or 128-row chunk of A).
  */
 #include <cudaTypedefs.h> /* PFN_cuTensorMapEncodeTiled */
 #include <stdlib.h>
@@ -18,6 +18,15 @@ using marlin::KernelArgs;
 using marlin::TileConfig;
 
 constexpr int kMinItersPerBlock = 4;
+/* Cluster mode (sm_90): at most 8 blocks per cluster (the portable size), and
+ * at least 2 k steps per block (no global reduction to amortize, but a block
+ * still fills its pipeline). The pre-sm_90 test build keeps the striped path. */
+constexpr int kMaxClusterSplit = 8, kMinClusterIters = 2;
+#ifdef MARLIN_NO_COPY_ENGINE
+constexpr bool kClusterMode = false;
+#else
+constexpr bool kClusterMode = true;
+#endif
 /* Whether the library holds sm_90a code (warpgroup MMA); CMake defines
  * MARLIN_HAVE_SM90A when 90a is among the CUDA architectures. */
 #ifdef MARLIN_HAVE_SM90A
@@ -25,7 +34,7 @@ constexpr bool kHaveSm90a = true;
 #else
 constexpr bool kHaveSm90a = false;
 #endif
-constexpr int kMaxChunkRows = 64; /* rows of A one launch covers (M_BLOCKS <= 4) */
+constexpr int kMaxChunkRows = 128; /* rows of A one launch covers at most (M_BLOCKS <= 8) */
 /* The workspace starts with one arrival counter per possible 64-column slice
  * of the largest n, so the counters sit at the same place for every shape and
  * partial tiles of one call never land on counters of another. */
@@ -47,15 +56,15 @@ struct KernelVariant {
 
 template <int M_BLOCKS, int N_TILES, int K_TILES, int STAGES, int BLOCKS_PER_SM = 1, bool WARPGROUP_MMA = false>
 KernelVariant make_variant(int min_n = 0, int min_rows = 16 * (M_BLOCKS - 1) + 1, long long max_weights = 0) {
-    using Cfg = TileConfig<M_BLOCKS, N_TILES, K_TILES, STAGES>;
+    using Cfg = TileConfig<M_BLOCKS, N_TILES, K_TILES, STAGES, marlin::k_groups(M_BLOCKS, N_TILES, WARPGROUP_MMA)>;
     return {M_BLOCKS, N_TILES, K_TILES, STAGES, BLOCKS_PER_SM, WARPGROUP_MMA, min_rows, min_n, max_weights,
             Cfg::kSmemBytes, Cfg::kSlotFloats,
             marlin::marlin_gemm_kernel<Int4Symmetric, M_BLOCKS, N_TILES, K_TILES, STAGES, BLOCKS_PER_SM,
                                        WARPGROUP_MMA>};
 }
-template <int M_BLOCKS, int K_TILES, int STAGES>
-KernelVariant make_warpgroup_variant(int min_n, int min_rows) {
-    return make_variant<M_BLOCKS, 4, K_TILES, STAGES, 1, true>(min_n, min_rows);
+template <int M_BLOCKS, int N_TILES, int K_TILES, int STAGES>
+KernelVariant make_warpgroup_variant(int min_n, int min_rows, long long max_weights = 0) {
+    return make_variant<M_BLOCKS, N_TILES, K_TILES, STAGES, 1, true>(min_n, min_rows, max_weights);
 }
 
 /* Every variant the library ships, in order of preference: plan_launch
@@ -63,24 +72,29 @@ KernelVariant make_warpgroup_variant(int min_n, int min_rows) {
  * whose tile width divides n, else the first that serves and fits. Measured
  * on the H100 (bench/NOTES.md): for up to 16 rows 256-column tiles, whose
  * 16-row strips are 2 KB contiguous in memory, and two blocks per SM stream
- * weights fastest; from 17 rows warpgroup MMA (sm_90a) wins where n >= 8192
- * (32+ column slices), while narrower layers (llama2-7b's o and down, n =
- * 4096) run faster with 128-column mma.sync tiles, whose partial slices are
- * half the size to reduce. The 4-stage one-block variants fit the 99 KB of
- * sm_86 / sm_89. */
+ * weights fastest; from 17 rows warpgroup MMA (sm_90a) wins, with 256-column
+ * tiles where n >= 8192 (32+ column slices) and 128-column tiles below
+ * (narrower layers need more slices, and their partial tiles are half the
+ * size to sum); 128 rows take 128-column tiles up to 192M weights. The
+ * mma.sync variants from 17 rows serve GPUs without sm_90a; the 4-stage
+ * one-block variants fit the 99 KB of sm_86 / sm_89. */
 constexpr int kWideN = 8192;
+constexpr long long kLargeLayer = 192ll << 20; /* weights (k * n): 96 MB packed */
 const KernelVariant kVariants[] = {
-    /* 1..16 rows; from 9 rows, layers under 192M weights (96 MB packed:
-     * llama2-7b, llama3-8b, llama2-70b's qkv and o) run faster with
-     * 128-column tiles (llama3-8b m = 16: 80.5 vs 89.1 us) */
-    make_variant<1, 2, 8, 6, 2>(0, 9, 192ll << 20), make_variant<1, 4, 8, 4, 2>(), make_variant<1, 2, 8, 6, 2>(),
+    /* 1..16 rows; from 9 rows, layers under 192M weights (llama2-7b,
+     * llama3-8b, llama2-70b's qkv and o) run faster with 128-column tiles
+     * (llama3-8b m = 16: 80.5 vs 89.1 us) */
+    make_variant<1, 2, 8, 6, 2>(0, 9, kLargeLayer), make_variant<1, 4, 8, 4, 2>(), make_variant<1, 2, 8, 6, 2>(),
     make_variant<1, 1, 8, 8, 2>(), make_variant<1, 2, 8, 4>(), make_variant<1, 1, 8, 4>(),
     /* 17..32 rows */
-    make_warpgroup_variant<2, 8, 6>(kWideN, 17), make_variant<2, 4, 8, 4>(kWideN), make_variant<2, 2, 8, 4>(),
-    make_variant<2, 4, 8, 4>(), make_variant<2, 4, 8, 3, 2>(), make_variant<2, 2, 8, 8>(), make_variant<2, 1, 8, 8>(),
-    make_variant<2, 1, 8, 4>(),
-    /* 33..64 rows: warpgroup MMA */
-    make_warpgroup_variant<4, 8, 6>(kWideN, 33),
+    make_warpgroup_variant<2, 4, 8, 6>(kWideN, 17), make_warpgroup_variant<2, 2, 8, 8>(0, 17),
+    make_variant<2, 4, 8, 4>(kWideN), make_variant<2, 2, 8, 4>(), make_variant<2, 4, 8, 4>(),
+    make_variant<2, 4, 8, 3, 2>(), make_variant<2, 2, 8, 8>(), make_variant<2, 1, 8, 8>(), make_variant<2, 1, 8, 4>(),
+    /* 33..64 rows */
+    make_warpgroup_variant<4, 4, 8, 6>(kWideN, 33), make_warpgroup_variant<4, 2, 8, 8>(0, 33),
+    /* 65..128 rows (sm_90a): one launch reads the weights once for 128 rows */
+    make_warpgroup_variant<8, 2, 8, 5>(0, 65, kLargeLayer), make_warpgroup_variant<8, 4, 8, 4>(0, 65),
+    make_warpgroup_variant<8, 4, 4, 8>(0, 65),
     /* 33..48 rows */
     make_variant<3, 4, 4, 6>(), make_variant<3, 4, 4, 4>(), make_variant<3, 2, 4, 4>(), make_variant<3, 1, 8, 3>(),
     /* 49..64 rows */
@@ -97,8 +111,10 @@ struct DeviceInfo {
 
 struct LaunchPlan {
     const KernelVariant* variant;
-    int grid;
+    int grid;          /* striped partition: blocks */
     int iters_per_block;
+    int slices;
+    int cluster_split; /* > 1: blocks per cluster in cluster mode (grid: slices x cluster_split) */
 };
 
 /* Device facts are fixed for the life of the process, so they are read once
@@ -158,14 +174,17 @@ marlin_status raise_smem_limit(const KernelVariant& v, int device) {
     return MARLIN_STATUS_SUCCESS;
 }
 
-/* Picks the variant and the striped grid for `rows` (1..64) rows of A. */
+/* Picks the variant and the striped grid for `rows` (1..128) rows of A. */
 marlin_status plan_launch(int rows, int n, int k, const DeviceInfo& device, LaunchPlan* plan) {
-    auto fits = [&](const KernelVariant& v) {
+    /* Whether v can run this launch on this device, and (measured rules)
+     * whether it should. */
+    auto can_run = [&](const KernelVariant& v) {
         if (v.warpgroup_mma && !(device.major == 9 && kHaveSm90a)) return false;
-        return v.min_rows <= rows && rows <= 16 * v.m_blocks && n >= v.min_n &&
-               (v.max_weights == 0 || (long long)k * n < v.max_weights) &&
-               v.smem_bytes <= device.smem_per_block_optin &&
+        return v.min_rows <= rows && rows <= 16 * v.m_blocks && v.smem_bytes <= device.smem_per_block_optin &&
                v.blocks_per_sm * (v.smem_bytes + 1024) <= device.smem_per_sm; /* 1 KB: per-block reserve */
+    };
+    auto fits = [&](const KernelVariant& v) {
+        return can_run(v) && n >= v.min_n && (v.max_weights == 0 || (long long)k * n < v.max_weights);
     };
     const KernelVariant* best = nullptr;
     for (const KernelVariant& v : kVariants) {
@@ -180,7 +199,7 @@ marlin_status plan_launch(int rows, int n, int k, const DeviceInfo& device, Laun
     /* Tuning builds only: MARLIN_VARIANT=i forces table entry i where it fits. */
     if (const char* forced = getenv("MARLIN_VARIANT")) {
         int i = atoi(forced);
-        if (i >= 0 && i < kVariantCount && fits(kVariants[i])) best = &kVariants[i];
+        if (i >= 0 && i < kVariantCount && can_run(kVariants[i])) best = &kVariants[i];
     }
 #endif
     if (!best) return MARLIN_STATUS_UNSUPPORTED_ARCH; /* too little shared memory for any variant */
@@ -200,7 +219,53 @@ marlin_status plan_launch(int rows, int n, int k, const DeviceInfo& device, Laun
     plan->variant = best;
     plan->iters_per_block = iters_per_block;
     plan->grid = (total + iters_per_block - 1) / iters_per_block;
+    /* Cluster mode: each slice cut `split` ways inside a cluster, the partial
+     * tiles summed through distributed shared memory. Measured on the H100
+     * (bench/NOTES.md steps 20-21) it pays where the striped grid leaves most
+     * of the device idle (layers too short in k for kMinItersPerBlock steps
+     * per block: smollm2 27.9 -> 19.2 us at m = 1) and for 128-row tiles cut
+     * 2 ways (ideal m = 128: 230 -> 208 us; llama2-70b o 47.5 -> 37.7 us), as
+     * long as it runs no fewer blocks; elsewhere the striped partition is as
+     * fast or faster (llama2-7b m = 1: 63 vs 84 us; llama3-8b down at
+     * m = 128, cut 4 ways: 44.5 vs 63.6 us). */
+    int split = block_slots / slices;
+    if (split > kMaxClusterSplit) split = kMaxClusterSplit;
+    if (split > k_iters / kMinClusterIters) split = k_iters / kMinClusterIters;
+    bool use_cluster = ((rows > kMaxChunkRows / 2 && split == 2) || 4 * plan->grid <= block_slots) &&
+                       slices * split >= plan->grid;
+#ifdef MARLIN_TUNING
+    if (const char* forced = getenv("MARLIN_CLUSTER")) { /* 0 or 1: striped only; c: clusters of at most c */
+        split = atoi(forced) < split ? atoi(forced) : split;
+        use_cluster = true;
+    }
+#endif
+    plan->slices = slices;
+    plan->cluster_split = kClusterMode && device.major >= 9 && use_cluster && split >= 2 ? split : 1;
     return MARLIN_STATUS_SUCCESS;
+}
+
+/* Whether the device can hold a cluster of `split` blocks of variant v (its
+ * shared-memory limit raised), asked once per device, variant and size. */
+unsigned char cluster_answers[kMaxDevices][kVariantCount][kMaxClusterSplit + 1]; /* 0 unknown, 1 yes, 2 no */
+
+bool cluster_fits(const KernelVariant& v, int split, int device) {
+    const int index = (int)(&v - kVariants);
+    unsigned char* answer = device < kMaxDevices ? &cluster_answers[device][index][split] : nullptr;
+    if (answer && __atomic_load_n(answer, __ATOMIC_ACQUIRE)) return *answer == 1;
+    cudaLaunchAttribute attribute;
+    attribute.id = cudaLaunchAttributeClusterDimension;
+    attribute.val.clusterDim.x = (unsigned)split, attribute.val.clusterDim.y = 1, attribute.val.clusterDim.z = 1;
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3(split);
+    config.blockDim = dim3(marlin::kThreads);
+    config.dynamicSmemBytes = v.smem_bytes;
+    config.attrs = &attribute;
+    config.numAttrs = 1;
+    int clusters = 0;
+    const bool fits = cudaOccupancyMaxActiveClusters(&clusters, v.kernel, &config) == cudaSuccess && clusters >= 1;
+    if (!fits) cudaGetLastError();
+    if (answer) __atomic_store_n(answer, (unsigned char)(fits ? 1 : 2), __ATOMIC_RELEASE);
+    return fits;
 }
 
 /* cuTensorMapEncodeTiled, looked up once through the runtime (so the
@@ -252,10 +317,20 @@ marlin_status encode_copy_descriptors(KernelArgs* args, const KernelVariant& v, 
     return ok ? MARLIN_STATUS_SUCCESS : MARLIN_STATUS_CUDA_ERROR;
 }
 
+/* Rows of A per launch for an n x k layer: 128 where a variant serves 128
+ * rows (warpgroup MMA), else 64. */
+int chunk_rows(int n, int k, const DeviceInfo& device) {
+    LaunchPlan plan;
+    return plan_launch(kMaxChunkRows, n, k, device, &plan) == MARLIN_STATUS_SUCCESS && plan.variant->m_blocks == 8
+               ? kMaxChunkRows
+               : kMaxChunkRows / 2;
+}
+
 /* Workspace for all chunks of an m x n x k call: counters, then 2 slots per block. */
 marlin_status required_workspace(int m, int n, int k, const DeviceInfo& device, size_t* bytes) {
     size_t partial_bytes = 0;
-    int chunk_sizes[2] = {m < kMaxChunkRows ? m : kMaxChunkRows, m % kMaxChunkRows};
+    const int chunk = chunk_rows(n, k, device);
+    int chunk_sizes[2] = {m < chunk ? m : chunk, m % chunk};
     for (int rows : chunk_sizes) {
         if (rows == 0) continue;
         LaunchPlan plan;
@@ -316,8 +391,9 @@ extern "C" marlin_status marlin_matmul(const void* A, const void* packed_b, cons
 
     int* counters = static_cast<int*>(workspace);
     float* partials = reinterpret_cast<float*>(static_cast<char*>(workspace) + kCounterRegionBytes);
-    for (int row0 = 0; row0 < m; row0 += kMaxChunkRows) {
-        const int rows = m - row0 < kMaxChunkRows ? m - row0 : kMaxChunkRows;
+    const int chunk = chunk_rows(n, k, device);
+    for (int row0 = 0; row0 < m; row0 += chunk) {
+        const int rows = m - row0 < chunk ? m - row0 : chunk;
         LaunchPlan plan;
         status = plan_launch(rows, n, k, device, &plan);
         if (status != MARLIN_STATUS_SUCCESS) return status;
@@ -341,21 +417,32 @@ extern "C" marlin_status marlin_matmul(const void* A, const void* packed_b, cons
         }
         status = raise_smem_limit(v, device_index);
         if (status != MARLIN_STATUS_SUCCESS) return status;
+        if (plan.cluster_split > 1 && !cluster_fits(v, plan.cluster_split, device_index)) plan.cluster_split = 1;
+        args.cluster_split = plan.cluster_split;
         /* On sm_90, let this launch overlap the tail of the previous kernel on
          * the stream (programmatic dependent launch; the kernel waits for it
          * before touching A, C or the workspace). Measured on the H100 it pays
          * for up to 32 rows (llama2-70b, m = 1..16: 2.5x -> 2.8x over fp16) but
          * costs 64-row launches ~15%, so those launch plainly. */
-        cudaLaunchAttribute attribute;
-        attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-        attribute.val.programmaticStreamSerializationAllowed = 1;
+        cudaLaunchAttribute attributes[2];
+        int attribute_count = 0;
+        if (device.major >= 9 && v.m_blocks <= 2) {
+            attributes[attribute_count].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+            attributes[attribute_count++].val.programmaticStreamSerializationAllowed = 1;
+        }
+        if (plan.cluster_split > 1) {
+            attributes[attribute_count].id = cudaLaunchAttributeClusterDimension;
+            attributes[attribute_count].val.clusterDim.x = (unsigned)plan.cluster_split;
+            attributes[attribute_count].val.clusterDim.y = 1;
+            attributes[attribute_count++].val.clusterDim.z = 1;
+        }
         cudaLaunchConfig_t config = {};
-        config.gridDim = dim3(plan.grid);
+        config.gridDim = dim3(plan.cluster_split > 1 ? plan.slices * plan.cluster_split : plan.grid);
         config.blockDim = dim3(marlin::kThreads);
         config.dynamicSmemBytes = v.smem_bytes;
         config.stream = stream;
-        config.attrs = &attribute;
-        config.numAttrs = device.major >= 9 && v.m_blocks <= 2 ? 1 : 0;
+        config.attrs = attributes;
+        config.numAttrs = attribute_count;
         if (cudaLaunchKernelEx(&config, v.kernel, args) != cudaSuccess || cudaGetLastError() != cudaSuccess)
             return MARLIN_STATUS_CUDA_ERROR;
     }

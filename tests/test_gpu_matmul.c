@@ -118,8 +118,8 @@ static void run_case(const weight_set* w, int m) {
     if (m <= MAX_SAMPLED_ROWS) {
         for (int r = 0; r < m; r++) rows[row_count++] = r;
     } else {
-        int edges[] = {0, 15, 16, 63, 64, 65, m - 1};
-        for (int e = 0; e < 7; e++)
+        int edges[] = {0, 15, 16, 63, 64, 65, 127, 128, 129, m - 1};
+        for (int e = 0; e < (int)(sizeof edges / sizeof edges[0]); e++)
             if (edges[e] < m) rows[row_count++] = edges[e];
         while (row_count < MAX_SAMPLED_ROWS) rows[row_count++] = test_rand_int(m);
     }
@@ -198,10 +198,10 @@ int main(int argc, char** argv) {
     const int big_shapes[][2] = {{4096, 4096}, {4096, 11008}, {11008, 4096}, {8192, 28672}};
 
     if (quick) {
-        static const int quick_m[] = {1, 17, 65};
-        run_shape(576, 192, 128, quick_m, 3);
-        run_shape(128, 320, 32, quick_m, 3);
-        run_shape(192, 128, 192, quick_m, 3);
+        static const int quick_m[] = {1, 17, 65, 100};
+        run_shape(576, 192, 128, quick_m, 4);
+        run_shape(128, 320, 32, quick_m, 4);
+        run_shape(192, 128, 192, quick_m, 4);
         return test_finish();
     }
     weight_set refusal;

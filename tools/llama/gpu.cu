@@ -14,12 +14,15 @@
  * decode step's time goes"): per layer of a decode step 8 launches (qkv
  * GEMM, attention with RoPE and the cache write, out GEMM, residual add
  * fused with the next RMSNorm, gate_up GEMM, SwiGLU, down GEMM, residual add
- * + RMSNorm; prompts add a cache write before attention); attention spreads
- * each (head, row) over 8 warps with coalesced half2 loads; RoPE angles come
- * from a table built once; SwiGLU spreads a row over many blocks; on sm_90+
- * the small kernels
- * launch with programmatic dependent launch, as Marlin does, so each one's
- * launch overlaps the previous kernel's tail; no allocation, memset or
+ * + RMSNorm; prompts add a cache write before attention); each is shaped to
+ * need few dependent round trips to memory, which is what it costs at batch
+ * 1: the norm keeps its row in registers between its one load and one store,
+ * attention spreads each (head, row) over 32 warps that load the keys and
+ * values of 256 positions (head_dim 128) in one round, with a running
+ * softmax per warp, and SwiGLU moves 16 bytes per access; RoPE angles come
+ * from a table built once; on sm_90+ the small kernels launch with
+ * programmatic dependent launch, as Marlin does, so each one's launch
+ * overlaps the previous kernel's tail; no allocation, memset or
  * synchronization inside a step (one pinned copy of the row ids in, one
  * stream synchronization at the end).
  */
@@ -41,10 +44,18 @@ extern "C" {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kNormThreads = 1024;      // dim 4096: four values per thread
-constexpr int kAttentionThreads = 256;  // 8 warps per (head, row)
-constexpr int kAttentionUnroll = 4;     // positions each warp loads before using them
+constexpr int kNormValuesPerThread = 16;  // residual_rmsnorm_kernel: registers per thread for x (and weight)
+constexpr int kNormMaxThreads = 1024;
+constexpr int kNormMaxDim = kNormValuesPerThread * kNormMaxThreads;
+constexpr int kAttentionThreads = 1024;  // 32 warps per (head, row)
 constexpr int kMaxHeadDim = 256;
+constexpr int kMaxPairsPerLane = kMaxHeadDim / 2 / 32;
+constexpr int kSwigluThreads = 128;
+
+/* attention_kernel: positions each warp loads per round, by the pairs of a
+ * head each lane holds (1 + (head_dim / 2 - 1) / 32): as many as fit in the
+ * 64 registers a thread of a 1024-thread block has, with no spills (ptxas -v). */
+constexpr int kAttentionUnroll[kMaxPairsPerLane + 1] = {0, 8, 8, 4, 2};
 
 struct gpu_linear {
     int n = 0, k = 0, group_size = 0;  // group_size 0: dense fp16
@@ -92,7 +103,6 @@ struct llama_gpu {
     size_t workspace_bytes = 0;
     void* cublas_workspace = nullptr; /* our own, so cuBLAS allocates nothing during graph capture */
     size_t weight_bytes = 0;
-    size_t attention_shared_bytes = 0;
     int dependent_launch = 0;  /* sm_90+: small kernels launch with programmatic dependent launch */
     /* CUDA graphs of the forward pass for small row counts (decode steps):
      * one per row count and kind of call (index 1: every row its own
@@ -144,40 +154,95 @@ __device__ float block_sum(float v, float* shared /* 32 floats */) {
     return total;
 }
 
-__device__ float block_max(float v, float* shared) {
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    __syncthreads();
-    if (lane == 0) shared[warp] = v;
-    __syncthreads();
-    float m = -INFINITY;
-    for (int w = 0; w < (int)(blockDim.x / 32); w++) m = fmaxf(m, shared[w]);
-    return m;
+/* W consecutive values moved with one access (W * 4 or W * 2 bytes, which
+ * the address must be aligned to), converted to or from fp32. */
+template <typename T, int W>
+struct alignas(sizeof(T) * W) packed_values {
+    T v[W];
+};
+template <int W>
+__device__ void load_floats(const float* p, float (&v)[W]) {
+    packed_values<float, W> t = *(const packed_values<float, W>*)p;
+#pragma unroll
+    for (int e = 0; e < W; e++) v[e] = t.v[e];
+}
+template <int W>
+__device__ void store_floats(float* p, const float (&v)[W]) {
+    packed_values<float, W> t;
+#pragma unroll
+    for (int e = 0; e < W; e++) t.v[e] = v[e];
+    *(packed_values<float, W>*)p = t;
+}
+template <int W>
+__device__ void load_halves(const __half* p, float (&v)[W]) {
+    packed_values<__half, W> t = *(const packed_values<__half, W>*)p;
+#pragma unroll
+    for (int e = 0; e < W; e++) v[e] = __half2float(t.v[e]);
+}
+template <int W>
+__device__ void store_halves(__half* p, const float (&v)[W]) {
+    packed_values<__half, W> t;
+#pragma unroll
+    for (int e = 0; e < W; e++) t.v[e] = __float2half(v[e]);
+    *(packed_values<__half, W>*)p = t;
 }
 
-/* x += y (when y is not NULL), then out = RMSNorm(x) . weight; one block of
- * kNormThreads per row. Every residual add is followed by a norm (the next
+/* x += y (when y is not NULL), then out = RMSNorm(x) . weight; one block per
+ * row of ceil(dim / kNormValuesPerThread) threads, rounded up to warps
+ * (launch_norm). Every residual add is followed by a norm (the next
  * sub-layer's or the output's), so fusing them saves a launch and a pass
- * over x. Each thread re-reads only the x values it wrote itself. */
-__global__ void __launch_bounds__(kNormThreads)
+ * over x. A decode step runs this at batch 1 on one SM, so its time is
+ * memory latency: each thread loads its (at most kNormValuesPerThread)
+ * values of x, y and weight at once in W-wide accesses (W = 4 where dim
+ * allows, else 2), keeps them in registers across the block sum and writes
+ * x and out once: two dependent round trips to memory instead of one per
+ * value. All stores follow all loads, so the aliasing of x's loads and
+ * stores cannot serialize them. */
+template <int W>
+__global__ void __launch_bounds__(kNormMaxThreads)
     residual_rmsnorm_kernel(float* x /* rows x dim */, const __half* y /* rows x dim or NULL */,
                             const float* weight /* dim */, __half* out /* rows x dim */, int dim, float eps) {
+    constexpr int kChunks = kNormValuesPerThread / W;
     __shared__ float shared[32];
     begin_dependent_kernel();
-    int row = blockIdx.x;
+    int row = blockIdx.x, chunks = dim / W;
     float* xr = x + (size_t)row * dim;
-    float sum = 0.0f;
-    for (int i = threadIdx.x; i < dim; i += blockDim.x) {
-        float v = xr[i];
-        if (y) {
-            v += __half2float(y[(size_t)row * dim + i]);
-            xr[i] = v;
+    const __half* yr = y ? y + (size_t)row * dim : nullptr;
+    float v[kChunks][W], w[kChunks][W];
+#pragma unroll
+    for (int c = 0; c < kChunks; c++) {
+        int chunk = threadIdx.x + c * blockDim.x;
+#pragma unroll
+        for (int e = 0; e < W; e++) v[c][e] = w[c][e] = 0.0f;
+        if (chunk >= chunks) continue;
+        load_floats(xr + chunk * W, v[c]);
+        load_floats(weight + chunk * W, w[c]);
+        if (yr) {
+            float add[W];
+            load_halves(yr + chunk * W, add);
+#pragma unroll
+            for (int e = 0; e < W; e++) v[c][e] += add[e];
         }
-        sum += v * v;
+    }
+    float sum = 0.0f;
+#pragma unroll
+    for (int c = 0; c < kChunks; c++) {
+        int chunk = threadIdx.x + c * blockDim.x;
+        if (yr && chunk < chunks) store_floats(xr + chunk * W, v[c]);
+#pragma unroll
+        for (int e = 0; e < W; e++) sum += v[c][e] * v[c][e];
     }
     sum = block_sum(sum, shared);
     float inv = rsqrtf(sum / dim + eps);
-    for (int i = threadIdx.x; i < dim; i += blockDim.x) out[(size_t)row * dim + i] = __float2half(xr[i] * inv * weight[i]);
+#pragma unroll
+    for (int c = 0; c < kChunks; c++) {
+        int chunk = threadIdx.x + c * blockDim.x;
+        if (chunk >= chunks) continue;
+        float normed[W];
+#pragma unroll
+        for (int e = 0; e < W; e++) normed[e] = v[c][e] * inv * w[c][e];
+        store_halves(out + (size_t)row * dim + chunk * W, normed);
+    }
 }
 
 /* cos/sin of position * base^(-2i/rope_dim) for every position < max_ctx and
@@ -234,11 +299,10 @@ __global__ void cache_write_kernel(const __half* qkv /* rows x (q_dim + 2 kv_dim
 }
 
 /* Attention of one query head of one row, with RoPE: one block of
- * kAttentionThreads per (head, row). The block rotates its query head into
- * shared memory (fp32) and its row's key head (fp16, as the cache holds it);
- * positions before the row's own come from the cache, its own position from
- * what the block holds (that rotated key, the value straight from qkv), so
- * no block depends on a cache write of the same launch.
+ * kAttentionThreads per (head, row); positions before the row's own come
+ * from the cache, its own position from what the block holds (the key it
+ * rotates itself, the value straight from qkv), so no block depends on a
+ * cache write of the same launch.
  * write_cache (decode steps, every row its own sequence): the first query
  * head of each KV group also stores the row's rotated key and value in the
  * cache, one writer per (KV head, row), and no block of the launch reads
@@ -246,25 +310,31 @@ __global__ void cache_write_kernel(const __half* qkv /* rows x (q_dim + 2 kv_dim
  * use their own copy). Otherwise (a prompt, whose rows read each other's
  * positions) cache_write_kernel has stored every row's before this launch.
  *
- * Each warp takes positions t = warp, warp + warps, ...; its lanes split the
- * head dimension in half2 pairs (pair = lane + 32 j), so a warp reads one
- * key or value row with coalesced 4-byte loads. kAttentionUnroll positions
- * are loaded before any is used, to keep enough reads in flight on the few
- * blocks of a batch-1 step. Scores live in shared memory (max_ctx floats),
- * softmax in fp32; each warp sums its positions' weighted values, the warps'
- * sums are added in shared memory at the end. */
+ * At batch 1 only n_heads blocks run, so the kernel's time is the number of
+ * dependent round trips to memory, and it is shaped to need few: every warp
+ * rotates its own copy of the query and of the row's key in registers (no
+ * barrier before the main loop), and takes positions t = warp, warp +
+ * kWarps, ...; its lanes split the head dimension in half2 pairs (pair =
+ * lane + 32 j, j < kPairsPerLane), so a warp reads a key or value row with
+ * coalesced 4-byte loads. A round loads the keys and the values (which do
+ * not depend on the scores) of kUnroll positions per warp before using any:
+ * kWarps * kUnroll positions per round, 256 up to head_dim 128, so a context
+ * of up to 256 positions takes one round. Each warp keeps a running softmax
+ * (its maximum score, its sum of exponentials, its weighted sum of values,
+ * rescaled when the maximum grows); the warps' results are combined at the
+ * end in a fixed order, so the output bits do not vary from run to run. No
+ * shared memory grows with the context. The cache write comes last, so no
+ * store can order the cache loads behind it. */
+template <int kPairsPerLane>
 __global__ void __launch_bounds__(kAttentionThreads)
     attention_kernel(const __half* qkv /* rows x (q_dim + 2 kv_dim) */, const int* seq_ids, const int* positions,
                      const float2* rope_table /* max_ctx x rope_dim/2 */, __half* key_cache, __half* value_cache,
                      __half* out /* rows x q_dim */, int n_heads, int n_kv_heads, int head_dim, int rope_dim,
                      int max_seqs, int max_ctx, int layer, int write_cache) {
     constexpr int kWarps = kAttentionThreads / 32;
-    constexpr int kPairsPerLane = kMaxHeadDim / 2 / 32;
-    extern __shared__ float scores[];  // max_ctx
-    __shared__ float reduce[32];
-    __shared__ float2 q[kMaxHeadDim / 2];
-    __shared__ __half2 current_key[kMaxHeadDim / 2];
-    __shared__ float2 partial[kWarps][kMaxHeadDim / 2];
+    constexpr int kUnroll = kAttentionUnroll[kPairsPerLane];
+    __shared__ float2 partial[kWarps][32 * kPairsPerLane];  // each warp's weighted sum of values
+    __shared__ float warp_max[kWarps], warp_total[kWarps];
     begin_dependent_kernel();
     int head = blockIdx.x, row = blockIdx.y;
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -274,123 +344,132 @@ __global__ void __launch_bounds__(kAttentionThreads)
     const __half* row_qkv = qkv + (size_t)row * (q_dim + 2 * kv_dim);
     const __half2* qr = (const __half2*)(row_qkv + (size_t)head * head_dim);
     const __half2* kr = (const __half2*)(row_qkv + q_dim + (size_t)kv_head * head_dim);
-    const __half2* current_value = (const __half2*)(row_qkv + q_dim + kv_dim + (size_t)kv_head * head_dim);
+    const __half2* vr = (const __half2*)(row_qkv + q_dim + kv_dim + (size_t)kv_head * head_dim);
     const float2* angles = rope_table + (size_t)pos * (rope_dim / 2);
     size_t base = ((size_t)layer * max_seqs + seq_ids[row]) * max_ctx * kv_dim + (size_t)kv_head * head_dim;
     __half2* keys = (__half2*)(key_cache + base);      // position t at keys + t * kv_dim / 2
     __half2* values = (__half2*)(value_cache + base);  // likewise
     size_t stride = (size_t)kv_dim / 2;
-    bool writer = write_cache && head % group == 0;
-    for (int i = threadIdx.x; i < pairs; i += blockDim.x) {
-        bool rotated = i < rope_dim / 2;
-        float2 qf = __half22float2(qr[i]);
-        __half2 k = rotated ? rotate_key(kr[i], angles[i]) : kr[i];
-        q[i] = rotated ? rotate(qf, angles[i]) : qf;
-        current_key[i] = k;
-        if (writer) {
-            keys[(size_t)pos * stride + i] = k;
-            values[(size_t)pos * stride + i] = current_value[i];
-        }
-    }
-    __syncthreads();
     const __half2 zero = __floats2half2_rn(0.0f, 0.0f);
-    float scale = rsqrtf((float)head_dim);
 
-    float local_max = -INFINITY;
-    for (int t0 = warp; t0 <= pos; t0 += kWarps * kAttentionUnroll) {
-        __half2 k[kAttentionUnroll][kPairsPerLane];
-#pragma unroll
-        for (int u = 0; u < kAttentionUnroll; u++) {
-            int t = t0 + u * kWarps;
-#pragma unroll
-            for (int j = 0; j < kPairsPerLane; j++) {
-                int i = lane + 32 * j;
-                k[u][j] = zero;
-                if (i < pairs && t < pos) k[u][j] = keys[(size_t)t * stride + i];
-                if (i < pairs && t == pos) k[u][j] = current_key[i];
-            }
-        }
-#pragma unroll
-        for (int u = 0; u < kAttentionUnroll; u++) {
-            int t = t0 + u * kWarps;
-            float dot = 0.0f;
-#pragma unroll
-            for (int j = 0; j < kPairsPerLane; j++) {
-                int i = lane + 32 * j;
-                if (i < pairs) {
-                    float2 kf = __half22float2(k[u][j]), qf = q[i];
-                    dot += qf.x * kf.x + qf.y * kf.y;
-                }
-            }
-            dot = warp_sum(dot) * scale;
-            if (t <= pos) {
-                if (lane == 0) scores[t] = dot;
-                local_max = fmaxf(local_max, dot);
-            }
-        }
-    }
-    float max_score = block_max(local_max, reduce);  // its barrier also publishes the scores
-    float local_sum = 0.0f;
-    for (int t = threadIdx.x; t <= pos; t += blockDim.x) {
-        scores[t] = __expf(scores[t] - max_score);
-        local_sum += scores[t];
-    }
-    float total = block_sum(local_sum, reduce);  // also orders the score writes before the reads below
-
-    float2 acc[kPairsPerLane];
-#pragma unroll
-    for (int j = 0; j < kPairsPerLane; j++) acc[j] = make_float2(0.0f, 0.0f);
-    for (int t0 = warp; t0 <= pos; t0 += kWarps * kAttentionUnroll) {
-        __half2 v[kAttentionUnroll][kPairsPerLane];
-        float p[kAttentionUnroll];
-#pragma unroll
-        for (int u = 0; u < kAttentionUnroll; u++) {
-            int t = t0 + u * kWarps;
-            p[u] = t <= pos ? scores[t] : 0.0f;
-            const __half2* value = t < pos ? values + (size_t)t * stride : current_value;
-#pragma unroll
-            for (int j = 0; j < kPairsPerLane; j++) {
-                int i = lane + 32 * j;
-                v[u][j] = zero;
-                if (i < pairs && t <= pos) v[u][j] = value[i];
-            }
-        }
-#pragma unroll
-        for (int u = 0; u < kAttentionUnroll; u++)
-#pragma unroll
-            for (int j = 0; j < kPairsPerLane; j++) {
-                float2 vf = __half22float2(v[u][j]);
-                acc[j].x += p[u] * vf.x;
-                acc[j].y += p[u] * vf.y;
-            }
-    }
+    /* pairs past head_dim stay zero in q, so they add nothing to a score */
+    float2 q[kPairsPerLane];
+    __half2 own_key[kPairsPerLane], own_value[kPairsPerLane];
 #pragma unroll
     for (int j = 0; j < kPairsPerLane; j++) {
         int i = lane + 32 * j;
-        if (i < pairs) partial[warp][i] = acc[j];
+        q[j] = make_float2(0.0f, 0.0f);
+        own_key[j] = own_value[j] = zero;
+        if (i >= pairs) continue;
+        q[j] = __half22float2(qr[i]);
+        own_key[j] = kr[i];
+        own_value[j] = vr[i];
+        if (i < rope_dim / 2) {
+            float2 cs = angles[i];
+            q[j] = rotate(q[j], cs);
+            own_key[j] = rotate_key(own_key[j], cs);
+        }
     }
+    float scale = rsqrtf((float)head_dim);
+
+    float max_score = -INFINITY, total = 0.0f;
+    float2 acc[kPairsPerLane];
+#pragma unroll
+    for (int j = 0; j < kPairsPerLane; j++) acc[j] = make_float2(0.0f, 0.0f);
+    for (int t0 = warp; t0 <= pos; t0 += kWarps * kUnroll) {
+        __half2 k[kUnroll][kPairsPerLane], v[kUnroll][kPairsPerLane];
+#pragma unroll
+        for (int u = 0; u < kUnroll; u++) {
+            int t = t0 + u * kWarps;
+#pragma unroll
+            for (int j = 0; j < kPairsPerLane; j++) {
+                int i = lane + 32 * j;
+                bool cached = i < pairs && t < pos;
+                k[u][j] = cached ? keys[(size_t)t * stride + i] : own_key[j];
+                v[u][j] = cached ? values[(size_t)t * stride + i] : own_value[j];
+            }
+        }
+        float score[kUnroll], round_max = -INFINITY;  // t0 <= pos: position u = 0 always counts
+#pragma unroll
+        for (int u = 0; u < kUnroll; u++) {
+            float dot = 0.0f;
+#pragma unroll
+            for (int j = 0; j < kPairsPerLane; j++) {
+                float2 kf = __half22float2(k[u][j]);
+                dot += q[j].x * kf.x + q[j].y * kf.y;
+            }
+            score[u] = warp_sum(dot) * scale;
+            if (t0 + u * kWarps <= pos) round_max = fmaxf(round_max, score[u]);
+        }
+        float new_max = fmaxf(max_score, round_max);
+        float rescale = __expf(max_score - new_max);  // 0 in the first round (max_score -inf)
+        total *= rescale;
+#pragma unroll
+        for (int j = 0; j < kPairsPerLane; j++) {
+            acc[j].x *= rescale;
+            acc[j].y *= rescale;
+        }
+#pragma unroll
+        for (int u = 0; u < kUnroll; u++) {
+            float p = t0 + u * kWarps <= pos ? __expf(score[u] - new_max) : 0.0f;
+            total += p;
+#pragma unroll
+            for (int j = 0; j < kPairsPerLane; j++) {
+                float2 vf = __half22float2(v[u][j]);
+                acc[j].x += p * vf.x;
+                acc[j].y += p * vf.y;
+            }
+        }
+        max_score = new_max;
+    }
+    if (lane == 0) {
+        warp_max[warp] = max_score;  // -inf for a warp without positions (its total and sums are 0)
+        warp_total[warp] = total;
+    }
+#pragma unroll
+    for (int j = 0; j < kPairsPerLane; j++) partial[warp][lane + 32 * j] = acc[j];
     __syncthreads();
-    float inv_total = 1.0f / total;
     __half2* o = (__half2*)(out + (size_t)row * q_dim + (size_t)head * head_dim);
     for (int i = threadIdx.x; i < pairs; i += blockDim.x) {
+        float overall_max = -INFINITY;
+        for (int w = 0; w < kWarps; w++) overall_max = fmaxf(overall_max, warp_max[w]);
+        float sum_total = 0.0f;
         float2 sum = make_float2(0.0f, 0.0f);
         for (int w = 0; w < kWarps; w++) {
-            sum.x += partial[w][i].x;
-            sum.y += partial[w][i].y;
+            float weight = __expf(warp_max[w] - overall_max);
+            sum_total += weight * warp_total[w];
+            sum.x += weight * partial[w][i].x;
+            sum.y += weight * partial[w][i].y;
         }
+        float inv_total = 1.0f / sum_total;
         o[i] = __floats2half2_rn(sum.x * inv_total, sum.y * inv_total);
+    }
+    if (write_cache && head % group == 0 && warp == 0) {
+#pragma unroll
+        for (int j = 0; j < kPairsPerLane; j++) {
+            int i = lane + 32 * j;
+            if (i >= pairs) continue;
+            keys[(size_t)pos * stride + i] = own_key[j];
+            values[(size_t)pos * stride + i] = own_value[j];
+        }
     }
 }
 
-/* hidden = silu(gate) * up; grid (ceil(ffn / kThreads), rows), one element
- * per thread, so even a single row spreads over many SMs. */
-__global__ void swiglu_kernel(const __half* gate_up /* rows x 2 ffn */, __half* hidden /* rows x ffn */, int ffn) {
+/* hidden = silu(gate) * up, W values per thread (8: 16-byte accesses, where
+ * ffn allows; else 1); grid (ceil(ffn / (W kSwigluThreads)), rows). */
+template <int W>
+__global__ void __launch_bounds__(kSwigluThreads)
+    swiglu_kernel(const __half* gate_up /* rows x 2 ffn */, __half* hidden /* rows x ffn */, int ffn) {
     begin_dependent_kernel();
-    int row = blockIdx.y, i = blockIdx.x * blockDim.x + threadIdx.x;
+    int row = blockIdx.y, i = (blockIdx.x * blockDim.x + threadIdx.x) * W;
     if (i >= ffn) return;
     const __half* g = gate_up + (size_t)row * 2 * ffn;
-    float a = __half2float(g[i]), b = __half2float(g[ffn + i]);
-    hidden[(size_t)row * ffn + i] = __float2half(a / (1.0f + __expf(-a)) * b);
+    float a[W], b[W], h[W];
+    load_halves(g + i, a);
+    load_halves(g + ffn + i, b);
+#pragma unroll
+    for (int e = 0; e < W; e++) h[e] = a[e] / (1.0f + __expf(-a[e])) * b[e];
+    store_halves(hidden + (size_t)row * ffn + i, h);
 }
 
 /* splitmix64 of the index: reproducible synthetic data without cuRAND. */
@@ -454,6 +533,38 @@ int launch(const llama_gpu* gpu, const char* name, void (*kernel)(Params...), di
         return -1;
     }
     return 0;
+}
+
+/* The three per-layer kernels with the variant and shape the config needs
+ * (widest accesses its dimensions allow, see the kernels). */
+int launch_norm(const llama_gpu* gpu, const __half* y, const float* weight, int n_rows, char* error,
+                size_t error_bytes) {
+    const llama_config& c = gpu->config;
+    /* every thread fills its kNormValuesPerThread registers; at least a warp */
+    int threads = (c.dim + kNormValuesPerThread - 1) / kNormValuesPerThread;
+    threads = threads < 32 ? 32 : (threads + 31) / 32 * 32;
+    return launch(gpu, "residual_rmsnorm_kernel", c.dim % 4 ? residual_rmsnorm_kernel<2> : residual_rmsnorm_kernel<4>,
+                  n_rows, threads, 0, error, error_bytes, gpu->x, y, weight, gpu->xn, c.dim, c.norm_eps);
+}
+
+int launch_attention(const llama_gpu* gpu, int layer, int write_cache, int n_rows, char* error, size_t error_bytes) {
+    /* by the pairs of a head each lane holds */
+    static const decltype(&attention_kernel<1>) kernels[] = {attention_kernel<1>, attention_kernel<2>,
+                                                             attention_kernel<3>, attention_kernel<4>};
+    static_assert(sizeof(kernels) / sizeof(kernels[0]) == kMaxPairsPerLane, "one attention_kernel per count");
+    const llama_config& c = gpu->config;
+    int pairs_per_lane = (c.head_dim / 2 + 31) / 32;  // 1..kMaxPairsPerLane (head_dim checked at set-up)
+    return launch(gpu, "attention_kernel", kernels[pairs_per_lane - 1], dim3(c.n_heads, n_rows), kAttentionThreads, 0,
+                  error, error_bytes, gpu->qkv, gpu->seq_ids, gpu->positions, gpu->rope_table, gpu->key_cache,
+                  gpu->value_cache, gpu->attn, c.n_heads, c.n_kv_heads, c.head_dim, c.rope_dim, gpu->max_seqs,
+                  gpu->max_ctx, layer, write_cache);
+}
+
+int launch_swiglu(const llama_gpu* gpu, int n_rows, char* error, size_t error_bytes) {
+    int ffn = gpu->config.ffn_dim, width = ffn % 8 ? 1 : 8;
+    dim3 grid((ffn / width + kSwigluThreads - 1) / kSwigluThreads, n_rows);
+    return launch(gpu, "swiglu_kernel", width == 8 ? swiglu_kernel<8> : swiglu_kernel<1>, grid, kSwigluThreads, 0,
+                  error, error_bytes, gpu->gate_up, gpu->hidden, ffn);
 }
 
 int grid_for(size_t count) {
@@ -604,16 +715,17 @@ int allocate_runtime(llama_gpu* gpu, char* error, size_t error_bytes) {
         CUDA_TRY(cudaMalloc(&gpu->workspace, need));
         CUDA_TRY(cudaMemset(gpu->workspace, 0, need));
     }
-    gpu->attention_shared_bytes = (size_t)gpu->max_ctx * sizeof(float);
     /* the kernels handle head vectors as half2 pairs, up to kMaxHeadDim values */
     if (c.head_dim > kMaxHeadDim || c.head_dim % 2 || c.rope_dim % 2 || c.rope_dim > c.head_dim) {
         set_error(error, error_bytes, "head dimension %d / RoPE dimension %d not supported on the GPU (even, <= %d)",
                   c.head_dim, c.rope_dim, kMaxHeadDim);
         return -1;
     }
-    /* always set: the kernel's static shared memory (about 9 KB) counts against the same 48 KB default */
-    CUDA_TRY(cudaFuncSetAttribute(attention_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  (int)gpu->attention_shared_bytes));
+    /* residual_rmsnorm_kernel holds a row in registers, in pairs at least */
+    if (c.dim > kNormMaxDim || c.dim % 2) {
+        set_error(error, error_bytes, "dim %d not supported on the GPU (even, <= %d)", c.dim, kNormMaxDim);
+        return -1;
+    }
     /* the memsets above ran on the legacy stream; the forward pass uses `stream` */
     CUDA_TRY(cudaDeviceSynchronize());
     gpu->weight_bytes = (size_t)c.vocab_size * c.dim * 2;
@@ -823,11 +935,8 @@ static int enqueue_forward(llama_gpu* gpu, int n_rows, int distinct, char* error
                    gpu->tokens, gpu->x, c.dim))
             return -1;
         const float* first_norm = c.n_layers > 0 ? gpu->layers[0].attn_norm : gpu->output_norm;
-        if (launch(gpu, "residual_rmsnorm_kernel", residual_rmsnorm_kernel, n_rows, kNormThreads, 0, error,
-                   error_bytes, gpu->x, nullptr, first_norm, gpu->xn, c.dim, c.norm_eps))
-            return -1;
+        if (launch_norm(gpu, nullptr, first_norm, n_rows, error, error_bytes)) return -1;
     }
-    dim3 swiglu_grid((c.ffn_dim + kThreads - 1) / kThreads, n_rows);
     for (int l = 0; l < c.n_layers; l++) {
         const gpu_layer& L = gpu->layers[l];
         /* xn holds attn_norm(x) here */
@@ -838,26 +947,16 @@ static int enqueue_forward(llama_gpu* gpu, int n_rows, int distinct, char* error
                        gpu->qkv, gpu->seq_ids, gpu->positions, gpu->rope_table, gpu->key_cache, gpu->value_cache,
                        c.n_heads, c.n_kv_heads, c.head_dim, c.rope_dim, gpu->max_seqs, gpu->max_ctx, l))
                 return -1;
-            if (launch(gpu, "attention_kernel", attention_kernel, dim3(c.n_heads, n_rows), kAttentionThreads,
-                       gpu->attention_shared_bytes, error, error_bytes, gpu->qkv, gpu->seq_ids, gpu->positions,
-                       gpu->rope_table, gpu->key_cache, gpu->value_cache, gpu->attn, c.n_heads, c.n_kv_heads,
-                       c.head_dim, c.rope_dim, gpu->max_seqs, gpu->max_ctx, l, distinct))
-                return -1;
+            if (launch_attention(gpu, l, distinct, n_rows, error, error_bytes)) return -1;
         }
         if (run_linear(gpu, L.out, gpu->attn, gpu->proj, n_rows, error, error_bytes)) return -1;
-        if (full && launch(gpu, "residual_rmsnorm_kernel", residual_rmsnorm_kernel, n_rows, kNormThreads, 0, error,
-                           error_bytes, gpu->x, gpu->proj, L.ffn_norm, gpu->xn, c.dim, c.norm_eps))
-            return -1;
+        if (full && launch_norm(gpu, gpu->proj, L.ffn_norm, n_rows, error, error_bytes)) return -1;
         if (run_linear(gpu, L.gate_up, gpu->xn, gpu->gate_up, n_rows, error, error_bytes)) return -1;
-        if (full && launch(gpu, "swiglu_kernel", swiglu_kernel, swiglu_grid, kThreads, 0, error, error_bytes,
-                           gpu->gate_up, gpu->hidden, c.ffn_dim))
-            return -1;
+        if (full && launch_swiglu(gpu, n_rows, error, error_bytes)) return -1;
         if (run_linear(gpu, L.down, gpu->hidden, gpu->proj, n_rows, error, error_bytes)) return -1;
         /* the residual add, then the next layer's attention norm (or the output norm) */
         const float* next_norm = l + 1 < c.n_layers ? gpu->layers[l + 1].attn_norm : gpu->output_norm;
-        if (full && launch(gpu, "residual_rmsnorm_kernel", residual_rmsnorm_kernel, n_rows, kNormThreads, 0, error,
-                           error_bytes, gpu->x, gpu->proj, next_norm, gpu->xn, c.dim, c.norm_eps))
-            return -1;
+        if (full && launch_norm(gpu, gpu->proj, next_norm, n_rows, error, error_bytes)) return -1;
     }
     const float alpha = 1.0f, beta = 0.0f;
     cublasStatus_t cs = cublasGemmEx(gpu->cublas, CUBLAS_OP_T, CUBLAS_OP_N, c.vocab_size, n_rows, c.dim, &alpha,
