@@ -55,18 +55,18 @@ constexpr int kWarps = kThreads / 32;
 /* Everything a launch needs; passed by value (the tensor maps must live in
  * kernel parameter space: the kernel takes it as __grid_constant__). */
 struct KernelArgs {
-    /* sm_90: copy-engine descriptors of this launch's A chunk (k x rows fp16,
+    /* sm_90: copy-engine descriptors of this launch's rows of A (k x m fp16,
      * boxes of 64 x BM, 128-byte swizzle), of B (k-tile rows x n-tiles x 128
      * words, boxes of K_TILES x N_TILES tiles) and of the scales (n x rows
      * fp16, boxes of BN x the scale rows of a step). Unused before sm_90. */
     CUtensorMap a_map, b_map, s_map;
-    const int4* A;              /* m x k fp16, row-major (this chunk's first row) */
+    const int4* A;              /* m x k fp16, row-major (this launch's first row) */
     const int4* B;              /* packed codes, k*n/8 words */
     const int4* scales;         /* packed scales, ceil(k/g) x n fp16 */
-    half2* C;                   /* m x n fp16, row-major (this chunk's first row) */
-    float* partials;            /* workspace: 2 slots per block of BM x BN fp32 */
-    int* counters;              /* workspace: one arrival counter per column slice */
-    int m;                      /* rows in this chunk, 1..BM */
+    half2* C;                   /* m x n fp16, row-major (this launch's first row) */
+    float* partials;            /* workspace: 2 slots per block of BM x BN fp32 (per row chunk) */
+    int* counters;              /* workspace: one arrival counter per column slice (per row chunk) */
+    int m;                      /* rows of this launch: 1..BM per row chunk (gridDim.y chunks) */
     int n, k;
     int group_shift;            /* scale row of k-index i: i >> group_shift (30 for one group) */
     int iters_per_block;        /* length of each block's run of iterations */
@@ -431,11 +431,16 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
     const int warp_k_group = kSplitColumns ? 0 : warp / N_TILES;
     /* first of the lane's words this warp uses */
     const int warp_word0 = kSplitColumns ? (warp % kWarpsPerNTile) * kWarpWords : 0;
-    const int n = args.n, k = args.k, m = args.m;
+    const int n = args.n, k = args.k;
     const int k_tiles_total = k / 16, n_tiles_total = n / 64;
     const int k_iters = (k + Cfg::kBK - 1) / Cfg::kBK;
     const int slices = (n + Cfg::kBN - 1) / Cfg::kBN;
-    const int rows = m < Cfg::kBM ? m : Cfg::kBM; /* rows of A this launch reads */
+    /* Row chunk blockIdx.y of the launch (side by side where the host runs
+     * several, for layers too small to fill the device with one): rows
+     * row0 .. row0 + m - 1, with their own workspace slots and counters. */
+    const int row0 = blockIdx.y * Cfg::kBM;
+    const int m = args.m - row0 < Cfg::kBM ? args.m - row0 : Cfg::kBM;
+    const int4* A = args.A + (size_t)row0 * k / 8;
 
     /* Striped: block b runs iterations b * iters_per_block ... Cluster mode
      * (sm_90, small layers): the launch's clusters of cluster_split blocks
@@ -487,7 +492,7 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
         int4* stage = smem + stage_index * Cfg::kStage;
 #pragma unroll
         for (int h = 0; h < Cfg::kAHalves; h++)
-            tensor_copy_2d(stage + h * Cfg::kAHalf, &args.a_map, k_step * Cfg::kBK + h * 64, 0,
+            tensor_copy_2d(stage + h * Cfg::kAHalf, &args.a_map, k_step * Cfg::kBK + h * 64, row0,
                            &stage_full[stage_index]);
     };
 
@@ -529,9 +534,9 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
         for (int j = 0; j < kALoads; j++) {
             /* chunk i: row i / (BK/8), 8 columns from 8 * (i % (BK/8)) */
             const int i = tid + j * kThreads, row = i / (Cfg::kBK / 8), chunk = i % (Cfg::kBK / 8);
-            if (i < Cfg::kAStage && row < rows && k0 + chunk * 8 < k)
+            if (i < Cfg::kAStage && row < m && k0 + chunk * 8 < k)
                 copy_async_16(stage + (chunk / 8) * Cfg::kAHalf + row * 8 + ((chunk % 8) ^ (row % 8)),
-                              args.A + ((size_t)row * k + k0) / 8 + chunk);
+                              A + ((size_t)row * k + k0) / 8 + chunk);
         }
     };
     /* Both take effect only in the threads that issue copies. */
@@ -712,6 +717,10 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
 
     /* End of a slice: sum the warps of each n-tile, then write C or a slot. */
     auto finish_slice = [&](int slice, bool whole_slice) {
+        /* worked out here, not kept in registers through the main loop */
+        half2* C = args.C + (size_t)row0 * n / 2;
+        float* partials = args.partials + (size_t)blockIdx.y * gridDim.x * 2 * Cfg::kSlotFloats;
+        int* counters = args.counters + blockIdx.y * slices;
         if constexpr (WARPGROUP_MMA) {
             warpgroup_wait<0>(); /* ptxas makes every read of an accumulator below wait for it */
         }
@@ -776,7 +785,7 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
         const int n0 = slice * Cfg::kBN;
         if (whole_slice) {
             if (writer) {
-                half* lane_c = reinterpret_cast<half*>(args.C) + (size_t)lane_row * n + n0 + lane_col;
+                half* lane_c = reinterpret_cast<half*>(C) + (size_t)lane_row * n + n0 + lane_col;
                 for_each_valid_pair([&](int row_offset, int col_offset, float x, float y, bool second) {
                     half* out = lane_c + (size_t)row_offset * n + col_offset;
                     if (kPairInRow) {
@@ -813,7 +822,7 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
             cluster_sync();
             const int blocks = args.cluster_split, rank = blockIdx.x % blocks;
             const int cols = n - n0 < Cfg::kBN ? n - n0 : Cfg::kBN; /* a multiple of 64 */
-            const int vectors = rows * (Cfg::kBN / 4);
+            const int vectors = m * (Cfg::kBN / 4);
             const int share_end = (rank + 1) * vectors / blocks;
             for (int e = rank * vectors / blocks + tid; e < share_end; e += kThreads) {
                 const int row = e / (Cfg::kBN / 4), col = (e % (Cfg::kBN / 4)) * 4;
@@ -823,7 +832,7 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
                     sum.x += v.x, sum.y += v.y, sum.z += v.z, sum.w += v.w;
                 }
                 if (col < cols) {
-                    half2* out = args.C + ((size_t)row * n + n0 + col) / 2;
+                    half2* out = C + ((size_t)row * n + n0 + col) / 2;
                     out[0] = __floats2half2_rn(sum.x, sum.y);
                     out[1] = __floats2half2_rn(sum.z, sum.w);
                 }
@@ -837,7 +846,7 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
         const int slice_begin = slice * k_iters, slice_end = slice_begin + k_iters;
         auto slot_of = [&](int block) {
             const bool head = block * args.iters_per_block >= slice_begin; /* its run starts in this slice */
-            return reinterpret_cast<float2*>(args.partials + (size_t)(2 * block + (head ? 0 : 1)) * Cfg::kSlotFloats);
+            return reinterpret_cast<float2*>(partials + (size_t)(2 * block + (head ? 0 : 1)) * Cfg::kSlotFloats);
         };
         if (writer) {
             float* lane_slot = reinterpret_cast<float*>(slot_of(blockIdx.x)) + lane_row * Cfg::kBN + lane_col;
@@ -856,9 +865,9 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
         const int last_block = (slice_end - 1) / args.iters_per_block;
         __syncthreads();
         if (tid == 0) {
-            const int arrived = atomicAdd(&args.counters[slice], 1);
+            const int arrived = atomicAdd(&counters[slice], 1);
             is_last_arrival = arrived == last_block - first_block;
-            if (is_last_arrival) args.counters[slice] = 0; /* every contributor has arrived: ready for the next call */
+            if (is_last_arrival) counters[slice] = 0; /* every contributor has arrived: ready for the next call */
         }
         __syncthreads();
         if (!is_last_arrival) return;
@@ -871,7 +880,7 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
         __threadfence();
         constexpr int kSlotsInFlight = 8, kVectorsAtOnce = 1;
         const int cols = n - n0 < Cfg::kBN ? n - n0 : Cfg::kBN; /* a multiple of 64 */
-        const int vectors = rows * (Cfg::kBN / 4);
+        const int vectors = m * (Cfg::kBN / 4);
         for (int e0 = tid; e0 < vectors; e0 += kThreads * kVectorsAtOnce) {
             float4 sum[kVectorsAtOnce];
 #pragma unroll
@@ -895,7 +904,7 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
             for (int u = 0; u < kVectorsAtOnce; u++) {
                 const int e = e0 + u * kThreads, row = e / (Cfg::kBN / 4), col = (e % (Cfg::kBN / 4)) * 4;
                 if (e >= vectors || col >= cols) continue;
-                half2* out = args.C + ((size_t)row * n + n0 + col) / 2;
+                half2* out = C + ((size_t)row * n + n0 + col) / 2;
                 out[0] = __floats2half2_rn(sum[u].x, sum[u].y);
                 out[1] = __floats2half2_rn(sum[u].z, sum[u].w);
             }

@@ -34,11 +34,15 @@ constexpr bool kHaveSm90a = true;
 #else
 constexpr bool kHaveSm90a = false;
 #endif
-constexpr int kMaxChunkRows = 128; /* rows of A one launch covers at most (M_BLOCKS <= 8) */
+constexpr int kMaxChunkRows = 128; /* rows of A one block row covers at most (M_BLOCKS <= 8) */
 /* The workspace starts with one arrival counter per possible 64-column slice
- * of the largest n, so the counters sit at the same place for every shape and
+ * of the largest n (a launch of several row chunks uses chunks x slices of
+ * them, never more), so the counters sit at the same place for every shape and
  * partial tiles of one call never land on counters of another. */
-constexpr size_t kCounterRegionBytes = sizeof(int) * (MARLIN_MAX_DIMENSION / 64);
+constexpr int kCounterCount = MARLIN_MAX_DIMENSION / 64;
+constexpr size_t kCounterRegionBytes = sizeof(int) * kCounterCount;
+/* Layers under this many weights (k * n: 2 MB packed) are "tiny": see split_rows. */
+constexpr long long kTinyLayer = 4ll << 20;
 
 using KernelFn = void (*)(const KernelArgs);
 
@@ -317,26 +321,57 @@ marlin_status encode_copy_descriptors(KernelArgs* args, const KernelVariant& v, 
     return ok ? MARLIN_STATUS_SUCCESS : MARLIN_STATUS_CUDA_ERROR;
 }
 
-/* Rows of A per launch for an n x k layer: 128 where a variant serves 128
- * rows (warpgroup MMA), else 64. */
-int chunk_rows(int n, int k, const DeviceInfo& device) {
-    LaunchPlan plan;
-    return plan_launch(kMaxChunkRows, n, k, device, &plan) == MARLIN_STATUS_SUCCESS && plan.variant->m_blocks == 8
-               ? kMaxChunkRows
-               : kMaxChunkRows / 2;
+/* Blocks of one row chunk of a launch. */
+int chunk_blocks(const LaunchPlan& plan) {
+    return plan.cluster_split > 1 ? plan.slices * plan.cluster_split : plan.grid;
 }
 
-/* Workspace for all chunks of an m x n x k call: counters, then 2 slots per block. */
+/* How an m-row call is cut: launches of up to `chunks` row chunks of
+ * chunk_rows rows each, the chunks of a launch side by side (gridDim.y). */
+struct RowSplit {
+    int chunk_rows;
+    int chunks; /* per launch */
+};
+
+/* One chunk per launch, of 128 rows where a variant serves 128 rows (warpgroup
+ * MMA), else 64; but layers under kTinyLayer weights, which one chunk leaves
+ * mostly idle (smollm2's: 9-27 blocks), run 16-row chunks side by side, as
+ * many per launch as the device holds at once. */
+marlin_status split_rows(int m, int n, int k, const DeviceInfo& device, RowSplit* split) {
+    LaunchPlan plan;
+    split->chunk_rows = plan_launch(kMaxChunkRows, n, k, device, &plan) == MARLIN_STATUS_SUCCESS &&
+                                plan.variant->m_blocks == 8
+                            ? kMaxChunkRows
+                            : kMaxChunkRows / 2;
+    split->chunks = 1;
+    if (m > 16 && (long long)k * n < kTinyLayer) {
+        marlin_status status = plan_launch(16, n, k, device, &plan);
+        if (status != MARLIN_STATUS_SUCCESS) return status;
+        int chunks = (m + 15) / 16;
+        const int fit = device.sm_count * plan.variant->blocks_per_sm / chunk_blocks(plan);
+        if (chunks > fit) chunks = fit;
+        if (chunks > kCounterCount / plan.slices) chunks = kCounterCount / plan.slices;
+        if (chunks >= 2) split->chunk_rows = 16, split->chunks = chunks;
+    }
+    return MARLIN_STATUS_SUCCESS;
+}
+
+/* Workspace for all launches of an m x n x k call: counters, then 2 slots per
+ * block and row chunk. */
 marlin_status required_workspace(int m, int n, int k, const DeviceInfo& device, size_t* bytes) {
+    RowSplit split;
+    marlin_status status = split_rows(m, n, k, device, &split);
+    if (status != MARLIN_STATUS_SUCCESS) return status;
+    const int launch_rows = split.chunk_rows * split.chunks;
+    const int launch_sizes[2] = {m < launch_rows ? m : launch_rows, m % launch_rows};
     size_t partial_bytes = 0;
-    const int chunk = chunk_rows(n, k, device);
-    int chunk_sizes[2] = {m < chunk ? m : chunk, m % chunk};
-    for (int rows : chunk_sizes) {
+    for (int rows : launch_sizes) {
         if (rows == 0) continue;
         LaunchPlan plan;
-        marlin_status status = plan_launch(rows, n, k, device, &plan);
+        status = plan_launch(rows < split.chunk_rows ? rows : split.chunk_rows, n, k, device, &plan);
         if (status != MARLIN_STATUS_SUCCESS) return status;
-        size_t need = sizeof(float) * 2 * (size_t)plan.grid * (size_t)plan.variant->slot_floats;
+        const size_t chunks = (size_t)(rows + split.chunk_rows - 1) / split.chunk_rows;
+        const size_t need = sizeof(float) * 2 * chunks * (size_t)plan.grid * (size_t)plan.variant->slot_floats;
         if (need > partial_bytes) partial_bytes = need;
     }
     *bytes = kCounterRegionBytes + partial_bytes;
@@ -391,11 +426,15 @@ extern "C" marlin_status marlin_matmul(const void* A, const void* packed_b, cons
 
     int* counters = static_cast<int*>(workspace);
     float* partials = reinterpret_cast<float*>(static_cast<char*>(workspace) + kCounterRegionBytes);
-    const int chunk = chunk_rows(n, k, device);
-    for (int row0 = 0; row0 < m; row0 += chunk) {
-        const int rows = m - row0 < chunk ? m - row0 : chunk;
+    RowSplit split;
+    status = split_rows(m, n, k, device, &split);
+    if (status != MARLIN_STATUS_SUCCESS) return status;
+    const int launch_rows = split.chunk_rows * split.chunks;
+    for (int row0 = 0; row0 < m; row0 += launch_rows) {
+        const int rows = m - row0 < launch_rows ? m - row0 : launch_rows;
+        const int chunks = (rows + split.chunk_rows - 1) / split.chunk_rows;
         LaunchPlan plan;
-        status = plan_launch(rows, n, k, device, &plan);
+        status = plan_launch(rows < split.chunk_rows ? rows : split.chunk_rows, n, k, device, &plan);
         if (status != MARLIN_STATUS_SUCCESS) return status;
         KernelArgs args;
         memset(&args, 0, sizeof(args));
@@ -437,7 +476,7 @@ extern "C" marlin_status marlin_matmul(const void* A, const void* packed_b, cons
             attributes[attribute_count++].val.clusterDim.z = 1;
         }
         cudaLaunchConfig_t config = {};
-        config.gridDim = dim3(plan.cluster_split > 1 ? plan.slices * plan.cluster_split : plan.grid);
+        config.gridDim = dim3(chunk_blocks(plan), chunks);
         config.blockDim = dim3(marlin::kThreads);
         config.dynamicSmemBytes = v.smem_bytes;
         config.stream = stream;
