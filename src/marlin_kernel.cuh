@@ -1,8 +1,10 @@
 /*
  * marlin_kernel.cuh: the fp16 x int4 Marlin GEMM kernel.
  *
- * Design, for one launch over at most 64 rows of A, or 128 with warpgroup MMA
- * (the host splits larger m):
+ * Design, for one block row of at most 64 rows of A, or 128 with warpgroup
+ * MMA (the host splits larger m into launches, and for tiny layers runs
+ * several 16-row block rows side by side as gridDim.y, each with its own
+ * workspace slots and counters):
  *
  *  - Tiles. A block computes a BM x BN tile of C (BM = 16*M_BLOCKS rows, BN =
  *    64*N_TILES columns), walking k in steps of BK = 16*K_TILES. One step of
@@ -12,14 +14,20 @@
  *    so every SM gets the same amount of work whatever the tile count. A run
  *    may start or end inside a slice; such partial slices are summed through
  *    the workspace (below).
+ *  - Cluster mode (sm_90, chosen by the host for some shapes): clusters of
+ *    cluster_split blocks, one per slice, block r taking the r-th share of
+ *    its k steps; the blocks' partial tiles are summed through distributed
+ *    shared memory, each block its share of the tile, in rank order.
  *  - Warps. 8 warps; warp w owns n-tile w % N_TILES (64 columns) and the
  *    (w / N_TILES)-th of K_GROUPS = 8 / N_TILES equal runs of k-tiles of a
  *    step. So several warps share one output tile, each summing a share of
  *    k; they are reduced through shared memory at the end of a slice, in
- *    fixed order.
+ *    fixed order. Warpgroup MMA tiles of 128 rows or 128 columns instead
+ *    give each warp its own columns for all k (K_GROUPS = 1, see k_groups).
  *  - Pipeline. STAGES shared-memory buffers filled STAGES-1 iterations
- *    ahead of the compute; one barrier per iteration. On sm_90 the copy
- *    engine fills them: thread 0 issues a stage as four or five tensor
+ *    ahead of the compute (STAGES-2 with warpgroup MMA, whose instructions
+ *    still read the previous stage); one barrier per iteration. On sm_90 the
+ *    copy engine fills them: thread 0 issues a stage as four or five tensor
  *    copies (a K_TILES x N_TILES box of weight tiles, a box of scale rows,
  *    the A tile in 64-column halves) that complete on the stage's mbarrier,
  *    so copying costs the other threads nothing and the engine zero-fills
@@ -27,8 +35,12 @@
  *    16-byte copies (skipping L1) into the same layout.
  *  - Inner loop. The B words a lane loads already hold its m16n8k16 operand
  *    fragments (layout.h), so dequantization is a few lop3/hsub2/hfma2 in
- *    registers, scaled by one hmul2, feeding mma.sync directly. A comes from
- *    shared memory by ldmatrix.
+ *    registers, scaled by one hmul2, feeding mma.sync directly (A from
+ *    shared memory by ldmatrix), or, on sm_90a from 17 rows, warpgroup MMA
+ *    with the weights as the register operand (C^T = W^T A^T) and A read by
+ *    the instruction from the swizzled tile. The loop over a slice's k steps
+ *    holds nothing but copies and MMAs; the epilogue runs after it, so
+ *    warpgroup MMAs stay in flight from one step to the next.
  *  - Launch overlap. On sm_90 a launch may begin while the previous kernel on
  *    the stream finishes (programmatic dependent launch): the first stages of
  *    weights are fetched before griddepcontrol.wait, A and C only after.
