@@ -58,6 +58,9 @@
 #include <cuda.h> /* CUtensorMap (a plain struct: no driver library needed) */
 #include <cuda_fp16.h>
 #include <stdint.h>
+#ifdef MARLIN_TRACE
+#include "trace.h"
+#endif
 
 namespace marlin {
 
@@ -83,7 +86,42 @@ struct KernelArgs {
     int group_shift;            /* scale row of k-index i: i >> group_shift (30 for one group) */
     int iters_per_block;        /* length of each block's run of iterations */
     int cluster_split;          /* > 1: cluster mode (see the kernel); else the striped partition */
+#ifdef MARLIN_TRACE
+    int trace_launch; /* record slot of this launch, < MARLIN_TRACE_LAUNCHES, or -1: not traced */
+#endif
 };
+
+#ifdef MARLIN_TRACE
+/* Tracing builds (trace.h): per launch and block, the SM and the stamps. */
+__device__ unsigned long long trace_records[MARLIN_TRACE_LAUNCHES][MARLIN_TRACE_BLOCKS][MARLIN_TRACE_FIELDS];
+#endif
+#ifdef MARLIN_TRACE
+constexpr bool kTracing = true;
+constexpr int kTraceStart = MARLIN_TRACE_START, kTraceWaited = MARLIN_TRACE_WAITED,
+              kTraceFirstStage = MARLIN_TRACE_FIRST_STAGE, kTraceLastFinish = MARLIN_TRACE_LAST_FINISH,
+              kTraceEnd = MARLIN_TRACE_END;
+#else
+constexpr bool kTracing = false;
+constexpr int kTraceStart = 0, kTraceWaited = 0, kTraceFirstStage = 0, kTraceLastFinish = 0, kTraceEnd = 0;
+#endif
+/* Thread 0 of a block of row chunk 0 stamps the global timer; a no-op
+ * unless built with MARLIN_TRACE. */
+__device__ __forceinline__ void trace_stamp(const KernelArgs& args, int field) {
+#ifdef MARLIN_TRACE
+    if (args.trace_launch < 0 || threadIdx.x != 0 || blockIdx.y != 0 || blockIdx.x >= MARLIN_TRACE_BLOCKS) return;
+    unsigned long long now;
+    asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(now));
+    unsigned long long* record = trace_records[args.trace_launch][blockIdx.x];
+    record[field] = now;
+    if (field == MARLIN_TRACE_START) {
+        unsigned sm;
+        asm volatile("mov.u32 %0, %%smid;\n" : "=r"(sm));
+        record[MARLIN_TRACE_SM] = sm;
+    }
+#else
+    (void)args, (void)field;
+#endif
+}
 
 /* ------------------------------------------------------------ PTX helpers -- */
 
@@ -434,6 +472,7 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
 #endif
     extern __shared__ int4 smem_unaligned[];
     __shared__ int is_last_arrival;              /* set by thread 0 in finish_slice */
+    trace_stamp(args, kTraceStart);
     __shared__ uint64_t stage_full[STAGES];      /* copy engine: one mbarrier per stage */
     int4* smem = smem_unaligned + (1024 - shared_address(smem_unaligned) % 1024) % 1024 / 16;
     int4* smem_reduce = smem + STAGES * Cfg::kStage;
@@ -946,6 +985,7 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
         }
     }
     wait_for_previous_grid();
+    trace_stamp(args, kTraceWaited);
 #pragma unroll
     for (int t = 0; t < kLookahead; t++) {
         if (t < run_length) {
@@ -970,6 +1010,7 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
                 mbarrier_wait(&stage_full[stage_index], stage_parity);
             else
                 copy_async_wait<kLookahead - 1>();
+            if (kTracing && t == 0) trace_stamp(args, kTraceFirstStage);
             /* Warpgroup MMA: the instructions of iteration t - 2, which read the
              * stage refilled next, are done (at most one iteration's are pending). */
             if constexpr (WARPGROUP_MMA) warpgroup_wait<Cfg::kKTilesPerWarp>();
@@ -986,11 +1027,13 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
         }
         /* Whole if this run covered the slice from k step 0 to the last. */
         const bool whole_slice = k_step == 0 && t - slice_first_t == k_iters;
+        trace_stamp(args, kTraceLastFinish);
         finish_slice(slice, whole_slice);
         if constexpr (!WARPGROUP_MMA) clear_acc(); /* warpgroup MMA starts the next slice with accumulate = 0 */
         slice++, k_step = 0;
     }
     if constexpr (!kCopyEngine) copy_async_wait<0>();
+    trace_stamp(args, kTraceEnd);
 }
 
 }  // namespace marlin

@@ -394,7 +394,41 @@ marlin_status check_shape(int m, int n, int k, int group_size) {
     return marlin_check_weight_shape(k, n, group_size);
 }
 
+#ifdef MARLIN_TRACE
+/* Tracing builds (trace.h): launches since marlin_trace_reset and their grids. */
+int traced_launches = 0;
+int traced_grids[MARLIN_TRACE_LAUNCHES];
+
+/* The record slot of the next launch (-1 once the slots are used up). */
+int record_traced_launch(int grid) {
+    if (traced_launches >= MARLIN_TRACE_LAUNCHES) return -1;
+    traced_grids[traced_launches] = grid;
+    return traced_launches++;
+}
+#endif
+
 }  // namespace
+
+#ifdef MARLIN_TRACE
+extern "C" marlin_status marlin_trace_reset(void) {
+    traced_launches = 0;
+    void* records = nullptr;
+    if (cudaDeviceSynchronize() != cudaSuccess || cudaGetSymbolAddress(&records, marlin::trace_records) != cudaSuccess ||
+        cudaMemset(records, 0, sizeof(marlin::trace_records)) != cudaSuccess)
+        return MARLIN_STATUS_CUDA_ERROR;
+    return MARLIN_STATUS_SUCCESS;
+}
+
+extern "C" marlin_status marlin_trace_read(unsigned long long* stamps, int* grids, int* launches) {
+    if (!stamps || !grids || !launches) return MARLIN_STATUS_NULL_POINTER;
+    if (cudaDeviceSynchronize() != cudaSuccess ||
+        cudaMemcpyFromSymbol(stamps, marlin::trace_records, sizeof(marlin::trace_records)) != cudaSuccess)
+        return MARLIN_STATUS_CUDA_ERROR;
+    memcpy(grids, traced_grids, sizeof(traced_grids));
+    *launches = traced_launches;
+    return MARLIN_STATUS_SUCCESS;
+}
+#endif
 
 extern "C" marlin_status marlin_workspace_size(int m, int n, int k, int group_size,
                                                size_t* workspace_bytes) {
@@ -458,6 +492,9 @@ extern "C" marlin_status marlin_matmul(const void* A, const void* packed_b, cons
         if (status != MARLIN_STATUS_SUCCESS) return status;
         if (plan.cluster_split > 1 && !cluster_fits(v, plan.cluster_split, device_index)) plan.cluster_split = 1;
         args.cluster_split = plan.cluster_split;
+#ifdef MARLIN_TRACE
+        args.trace_launch = record_traced_launch(chunk_blocks(plan));
+#endif
         /* On sm_90, let this launch overlap the tail of the previous kernel on
          * the stream (programmatic dependent launch; the kernel waits for it
          * before touching A, C or the workspace). Measured on the H100 it pays

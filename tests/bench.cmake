@@ -12,6 +12,11 @@ if(MARLIN_BUILD_TOOLS)
     add_test(NAME marlin_bench_rejects${case_name}
              COMMAND sh -c "\"$0\" \"$@\"; test $? -eq 2" $<TARGET_FILE:marlin-bench> ${bad_args})
   endforeach()
+  # --trace exists only in builds configured with -DMARLIN_TRACE=ON.
+  if(NOT MARLIN_TRACE)
+    add_test(NAME marlin_bench_rejects_trace_without_trace_build
+             COMMAND sh -c "\"$0\" \"$@\"; test $? -eq 2" $<TARGET_FILE:marlin-bench> --trace trace.csv)
+  endif()
 
   add_test(NAME marlin_bench_smoke
            COMMAND sh -c "\"$0\" \"$@\"; rc=$?; if [ $rc -eq 77 ]; then exit 0; fi; exit $rc"

@@ -23,8 +23,9 @@
  * as a fraction of it.
  *
  * The tool uses only the public header marlin.h (and cuBLAS), so it is also
- * an example of the API. It exits on the first failure with a message; exit
- * codes are listed in usage().
+ * an example of the API; builds configured with -DMARLIN_TRACE=ON add
+ * --trace, which reads the library's launch timelines (src/trace.h). It exits
+ * on the first failure with a message; exit codes are listed in usage().
  */
 #include <cublasLt.h>
 #include <cublas_v2.h>
@@ -40,6 +41,9 @@
 #include <time.h>
 
 #include "marlin.h"
+#ifdef MARLIN_TRACE
+#include "trace.h" /* src/: launch timelines, tracing builds only */
+#endif
 
 /* ------------------------------------------------------------ constants -- */
 
@@ -74,6 +78,7 @@ enum {
 #define MAX_LAUNCHES 200
 #define WARMUP_LAUNCHES 5
 #define CALIBRATION_LAUNCHES 10
+#define TRACE_CALLS 8 /* --trace: back-to-back calls recorded per layer and m */
 
 #define COPY_BENCH_BYTES (1ull << 30) /* 1 GiB source, 1 GiB destination */
 #define CUBLAS_WORKSPACE_BYTES (32u << 20)
@@ -179,6 +184,8 @@ typedef struct {
     int trials;
     int per_layer;        /* --layers: print each layer's times too */
     shape_set custom;     /* --shape: layers of the "custom" set (layer_count 0: none) */
+    const char* trace_path; /* --trace (MARLIN_TRACE builds): launch timelines to this CSV */
+    FILE* trace;
 } bench_options;
 
 static void usage(FILE* out) {
@@ -202,10 +209,13 @@ static void usage(FILE* out) {
             "  --shape LIST   time these k x n layers as a set named \"custom\", e.g. 4096x4096,11008x4096\n"
             "                 (up to %d; runs alone unless --sets is given too)\n"
             "  --layers       also print each layer's marlin and fp16 times\n"
+            "  --trace FILE   (builds with -DMARLIN_TRACE=ON) after timing each layer and m, run\n"
+            "                 %d back-to-back calls and write each block's timeline to FILE (CSV,\n"
+            "                 ns from the first block's start; scripts/trace_summary.py reads it)\n"
             "  -h, --help     this text\n"
             "\n"
             "Shape sets (k x n of qkv, o, gate+up, down):\n",
-            DEFAULT_TRIALS, MIN_TRIALS, MAX_LAYERS_PER_SET);
+            DEFAULT_TRIALS, MIN_TRIALS, MAX_LAYERS_PER_SET, TRACE_CALLS);
     for (int s = 0; s < SHAPE_SET_COUNT; s++) {
         const shape_set* set = &SHAPE_SETS[s];
         fprintf(out, "  %-13s", set->name);
@@ -312,7 +322,8 @@ static bench_options parse_options(int argc, char** argv) {
         const char* arg = argv[i];
         const char* value = i + 1 < argc ? argv[i + 1] : NULL;
         int takes_value = strcmp(arg, "--sets") == 0 || strcmp(arg, "--m") == 0 || strcmp(arg, "--group") == 0 ||
-                          strcmp(arg, "--csv") == 0 || strcmp(arg, "--trials") == 0 || strcmp(arg, "--shape") == 0;
+                          strcmp(arg, "--csv") == 0 || strcmp(arg, "--trials") == 0 || strcmp(arg, "--shape") == 0 ||
+                          strcmp(arg, "--trace") == 0;
         if (takes_value && !value) usage_error("%s needs a value", arg);
         if (strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0) {
             usage(stdout);
@@ -340,6 +351,12 @@ static bench_options parse_options(int argc, char** argv) {
             for_each_list_item(value, "--shape", add_custom_layer, &options);
         } else if (strcmp(arg, "--layers") == 0) {
             options.per_layer = 1;
+        } else if (strcmp(arg, "--trace") == 0) {
+#ifdef MARLIN_TRACE
+            options.trace_path = value;
+#else
+            usage_error("--trace needs a build configured with -DMARLIN_TRACE=ON");
+#endif
         } else {
             usage_error("unknown argument \"%s\"", arg);
         }
@@ -793,6 +810,35 @@ typedef struct {
  * Measures one layer for every m and adds its times to `result`. Prints one
  * line: the copies used, which fp16 path won, and the --check errors.
  */
+#ifdef MARLIN_TRACE
+/* --trace: TRACE_CALLS back-to-back calls of one layer and m (rotating
+ * weights, as timed), then every recorded block's timeline as CSV rows. */
+static void write_trace(const bench_gpu* gpu, rotating_launcher* launcher, FILE* out, const bench_layer* layer,
+                        int m) {
+    static unsigned long long stamps[MARLIN_TRACE_LAUNCHES][MARLIN_TRACE_BLOCKS][MARLIN_TRACE_FIELDS];
+    int grids[MARLIN_TRACE_LAUNCHES], launches = 0;
+    MARLIN_CHECK(marlin_trace_reset());
+    launch_batch(launcher, TRACE_CALLS);
+    CUDA_CHECK(cudaStreamSynchronize(gpu->stream));
+    MARLIN_CHECK(marlin_trace_read(&stamps[0][0][0], grids, &launches));
+    unsigned long long origin = 0;
+    for (int l = 0; l < launches; l++)
+        for (int b = 0; b < grids[l] && b < MARLIN_TRACE_BLOCKS; b++) {
+            const unsigned long long start = stamps[l][b][MARLIN_TRACE_START];
+            if (start && (!origin || start < origin)) origin = start;
+        }
+    for (int l = 0; l < launches; l++)
+        for (int b = 0; b < grids[l] && b < MARLIN_TRACE_BLOCKS; b++) {
+            const unsigned long long* r = stamps[l][b];
+            fprintf(out, "%s,%d,%d,%d,%d,%d,%d,%llu", layer->name, layer->k, layer->n, m, l, grids[l], b,
+                    r[MARLIN_TRACE_SM]);
+            for (int f = MARLIN_TRACE_START; f < MARLIN_TRACE_FIELDS; f++)
+                fprintf(out, ",%lld", r[f] ? (long long)(r[f] - origin) : -1ll);
+            fprintf(out, "\n");
+        }
+}
+#endif
+
 static void bench_layer_shape(bench_gpu* gpu, const bench_options* options, const bench_layer* layer, FILE* report,
                               set_result* result) {
     const int k = layer->k, n = layer->n, group_size = layer_group_size(options, k);
@@ -832,6 +878,9 @@ static void bench_layer_shape(bench_gpu* gpu, const bench_options* options, cons
         rotating_launcher gemm_launcher = {launch_gemm_ex, &fp16, fp16_weights.copy_count, &fp16_weights.next_copy};
         rotating_launcher lt_launcher = {launch_cublaslt, &fp16, fp16_weights.copy_count, &fp16_weights.next_copy};
         const double marlin_us = median_launch_us(gpu, &marlin_launcher, options->trials);
+#ifdef MARLIN_TRACE
+        if (options->trace) write_trace(gpu, &marlin_launcher, options->trace, layer, m);
+#endif
         const double gemm_us = median_launch_us(gpu, &gemm_launcher, options->trials);
         const double lt_us = fp16.lt_found ? median_launch_us(gpu, &lt_launcher, options->trials) : INFINITY;
         if (lt_us < gemm_us) lt_wins++;
@@ -988,7 +1037,7 @@ static double wall_seconds(void) {
 }
 
 int main(int argc, char** argv) {
-    const bench_options options = parse_options(argc, argv);
+    bench_options options = parse_options(argc, argv);
     require_device();
     const double start_seconds = wall_seconds();
 
@@ -1006,6 +1055,12 @@ int main(int argc, char** argv) {
         csv = csv_on_stdout ? stdout : fopen(options.csv_path, "w");
         if (!csv) fatal(EXIT_USAGE, "cannot write %s: %s", options.csv_path, strerror(errno));
         fprintf(csv, "gpu,set,m,group,marlin_us,fp16_us,speedup,weight_gbs,copy_gbs,pct_copy\n");
+    }
+    if (options.trace_path) {
+        options.trace = fopen(options.trace_path, "w");
+        if (!options.trace) fatal(EXIT_USAGE, "cannot write %s: %s", options.trace_path, strerror(errno));
+        fprintf(options.trace, "layer,k,n,m,launch,grid,block,sm,start_ns,waited_ns,first_stage_ns,last_finish_ns,"
+                               "end_ns\n");
     }
     char gpu_name[sizeof(gpu.prop.name)];
     csv_safe_name(gpu.prop.name, gpu_name, sizeof(gpu_name));
@@ -1036,6 +1091,8 @@ int main(int argc, char** argv) {
     }
     if (csv && !csv_on_stdout && fclose(csv) != 0)
         fatal(EXIT_RUNTIME_FAILURE, "writing %s failed: %s", options.csv_path, strerror(errno));
+    if (options.trace && fclose(options.trace) != 0)
+        fatal(EXIT_RUNTIME_FAILURE, "writing %s failed: %s", options.trace_path, strerror(errno));
     release_gpu(&gpu);
     fprintf(report, "\ndone in %.0f s\n", wall_seconds() - start_seconds);
     if (check_failures) {
