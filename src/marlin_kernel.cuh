@@ -389,6 +389,21 @@ struct Int4Symmetric {
     }
 };
 
+/* One lane word dequantized and scaled for the lane's two columns (pair of
+ * scales, low then high half): out[0..1] with the low scale, out[2..3] with
+ * the high one. */
+template <typename Format>
+__device__ __forceinline__ void dequantize_scaled(uint32_t word, uint32_t scale_pair_bits, uint32_t (&out)[4]) {
+    uint32_t q[4];
+    Format::dequantize(word, q);
+    const half2 scale_pair = as_half2(scale_pair_bits);
+    const half2 scale_lo = __low2half2(scale_pair), scale_hi = __high2half2(scale_pair);
+    out[0] = as_bits(__hmul2(as_half2(q[0]), scale_lo));
+    out[1] = as_bits(__hmul2(as_half2(q[1]), scale_lo));
+    out[2] = as_bits(__hmul2(as_half2(q[2]), scale_hi));
+    out[3] = as_bits(__hmul2(as_half2(q[3]), scale_hi));
+}
+
 /* ------------------------------------------------------------------ kernel -- */
 
 /* Scale rows one whole k step of block_k spans (the rows of the copy
@@ -472,8 +487,8 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
 #endif
     extern __shared__ int4 smem_unaligned[];
     __shared__ int is_last_arrival;              /* set by thread 0 in finish_slice */
-    trace_stamp(args, kTraceStart);
     __shared__ uint64_t stage_full[STAGES];      /* copy engine: one mbarrier per stage */
+    trace_stamp(args, kTraceStart);
     int4* smem = smem_unaligned + (1024 - shared_address(smem_unaligned) % 1024) % 1024 / 16;
     int4* smem_reduce = smem + STAGES * Cfg::kStage;
 
@@ -674,14 +689,9 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
 #pragma unroll
             for (int s = 0; s < kWarpWords; s++) {
                 uint32_t q[4];
-                Format::dequantize(words[s], q);
-                const half2 scale_pair = as_half2(scale_pairs[s]);
-                const half2 scale_lo = __low2half2(scale_pair), scale_hi = __high2half2(scale_pair);
+                dequantize_scaled<Format>(words[s], scale_pairs[s], q);
                 /* M rows g and g + 8 are columns 16 s + g and 16 s + 8 + g: q[0..1] and q[2..3] */
-                f[s][0] = as_bits(__hmul2(as_half2(q[0]), scale_lo));
-                f[s][1] = as_bits(__hmul2(as_half2(q[2]), scale_hi));
-                f[s][2] = as_bits(__hmul2(as_half2(q[1]), scale_lo));
-                f[s][3] = as_bits(__hmul2(as_half2(q[3]), scale_hi));
+                f[s][0] = q[0], f[s][1] = q[2], f[s][2] = q[1], f[s][3] = q[3];
             }
             const uint64_t descriptor =
                 swizzled_tile_descriptor(a_tile + (kt / 4) * Cfg::kAHalf * 16 + (kt % 4) * 32);
@@ -698,7 +708,8 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
      * where mma.sync has them cleared by the previous finish_slice). */
     auto compute_iteration = [&](int stage_index, int slice, int k_step, bool slice_start) {
         if constexpr (WARPGROUP_MMA) {
-            /* N_TILES == 4: every warp is inside n */
+            /* no check against n: past it the copy engine zero-filled the
+             * weights, and finish_slice stores no column past n */
             compute_iteration_warpgroup(stage_index, k_step, slice_start ? 0u : 1u);
             return;
         }
@@ -731,25 +742,18 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
                 load_a(a_frags[0], j);
             }
             const uint32_t(&a)[M_BLOCKS][4] = a_frags[kPreload ? j : 0];
-            const int4& b = b_words[kPreload ? j : 0];
-            const uint32_t words[4] = {(uint32_t)b.x, (uint32_t)b.y, (uint32_t)b.z, (uint32_t)b.w};
-            const uint32_t scale_pairs[4] = {(uint32_t)scale_vec.x, (uint32_t)scale_vec.y, (uint32_t)scale_vec.z,
-                                             (uint32_t)scale_vec.w};
+            uint32_t words[4], scale_pairs[4];
+            load_lane_words(words, &b_words[kPreload ? j : 0], 0);
+            load_lane_words(scale_pairs, &scale_vec, 0);
 #pragma unroll
             for (int s = 0; s < 4; s++) {
-                uint32_t frag[4];
-                Format::dequantize(words[s], frag);
                 /* Scales 2s and 2s+1 of this lane's 8 are its columns in n8 blocks 2s and 2s+1. */
-                const half2 scale_pair = as_half2(scale_pairs[s]);
-                const half2 scale_lo = __low2half2(scale_pair), scale_hi = __high2half2(scale_pair);
-                const uint32_t b00 = as_bits(__hmul2(as_half2(frag[0]), scale_lo));
-                const uint32_t b01 = as_bits(__hmul2(as_half2(frag[1]), scale_lo));
-                const uint32_t b10 = as_bits(__hmul2(as_half2(frag[2]), scale_hi));
-                const uint32_t b11 = as_bits(__hmul2(as_half2(frag[3]), scale_hi));
+                uint32_t frag[4];
+                dequantize_scaled<Format>(words[s], scale_pairs[s], frag);
 #pragma unroll
                 for (int mb = 0; mb < M_BLOCKS; mb++) {
-                    mma_16816(acc[mb][2 * s], a[mb], b00, b01);
-                    mma_16816(acc[mb][2 * s + 1], a[mb], b10, b11);
+                    mma_16816(acc[mb][2 * s], a[mb], frag[0], frag[1]);
+                    mma_16816(acc[mb][2 * s + 1], a[mb], frag[2], frag[3]);
                 }
             }
         };
