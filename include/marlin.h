@@ -149,8 +149,10 @@ MARLIN_API marlin_status marlin_reference_matmul(const uint16_t* A, const uint32
 /* ------------------------------------------------------- multiply (GPU) -- */
 
 /*
- * Bytes of workspace that marlin_matmul needs for this shape on the current
- * CUDA device. The caller allocates it (device memory, 16-byte aligned) and
+ * Bytes of workspace that marlin_matmul needs on the current CUDA device for
+ * any call of 1..m rows with this n, k and group size (the need is not
+ * monotonic in m, so size it once for the largest m). The caller allocates it
+ * (device memory, 16-byte aligned) and
  * zeroes it once (cudaMemset) before its first use; every call leaves it
  * zeroed where it matters, so one workspace serves any sequence of calls on
  * one stream whose sizes it covers (of any shapes), and calls can be captured

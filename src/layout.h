@@ -18,6 +18,10 @@
  * with the fp16 pattern of 1024 turn them into the half2 {1024+q_lo, 1024+q_hi}
  * that the instruction wants as one register (low half = even row).
  *
+ * The same nibbles are the fragment of the transposed product (C^T = W^T A^T,
+ * weights as the 16 x 16 M operand: rows g and g + 8 = columns 16s + g and
+ * 16s + 8 + g) that warpgroup MMA and the kernel's 1..16-row path use.
+ *
  * Scales: ceil(k/g) rows of n fp16; inside each 64-column block, entry
  * 8*g + 2s + j holds column 16s + 8j + g, so lane (g, t) reads the 8 scales of
  * its 8 columns with one 16-byte load.

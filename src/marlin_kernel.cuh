@@ -35,19 +35,25 @@
  *    16-byte copies (skipping L1) into the same layout.
  *  - Inner loop. The B words a lane loads already hold its m16n8k16 operand
  *    fragments (layout.h), so dequantization is a few lop3/hsub2/hfma2 in
- *    registers, scaled by one hmul2, feeding mma.sync directly (A from
- *    shared memory by ldmatrix), or, on sm_90a from 17 rows, warpgroup MMA
- *    with the weights as the register operand (C^T = W^T A^T) and A read by
- *    the instruction from the swizzled tile. The loop over a slice's k steps
- *    holds nothing but copies and MMAs; the epilogue runs after it, so
- *    warpgroup MMAs stay in flight from one step to the next.
+ *    registers, scaled by one hmul2, feeding the tensor cores directly: up
+ *    to 16 rows mma.sync with the weights as the M operand (C^T = W^T A^T,
+ *    one instruction per word for 16 columns x 8 rows; A from shared memory
+ *    by ldmatrix), from 17 rows on sm_90a warpgroup MMA, also with the
+ *    weights as the register operand and A read by the instruction from the
+ *    swizzled tile, and elsewhere mma.sync with A as the M operand. The
+ *    loop over a slice's k steps holds nothing but copies and MMAs; the
+ *    epilogue runs after it, so warpgroup MMAs stay in flight from one step
+ *    to the next.
  *  - Launch overlap. On sm_90 a launch may begin while the previous kernel on
  *    the stream finishes (programmatic dependent launch): the first stages of
  *    weights are fetched before griddepcontrol.wait, A and C only after.
  *  - Global reduction. Each contributor to a partial slice writes its fp32
- *    tile to its own workspace slot, then bumps the slice's counter; the last
- *    to arrive sums all slots in block order (so the result never depends on
- *    timing), writes C, and resets the counter to 0 for the next call.
+ *    tile to its own workspace slot, then bumps the slice's counter (one
+ *    acquire-release atomic per block); the last to arrive sums all slots in
+ *    block order (so the result never depends on timing), writes C, and
+ *    resets the counter to 0 for the next call. A block that finds every
+ *    other contributor already arrived (it reads the counter at the start of
+ *    its epilogue) knows it is the last without the atomic's round trip.
  *
  * Extension points: the weight format is a template parameter (dequantize
  * a 32-bit word into four half2 fragment registers); bf16 activations, zero
@@ -210,6 +216,25 @@ __device__ __forceinline__ void tensor_copy_3d(void* dst, const CUtensorMap* map
         "l"(map), "r"(c0), "r"(c1), "r"(c2), "r"(shared_address(barrier))
         : "memory");
 #endif
+}
+
+/* counter += value at device scope, returning the old value, with acquire
+ * and release semantics: after a block barrier, the release publishes every
+ * write the block made before the barrier (the barrier orders them before
+ * this thread's atomic), and the acquire, followed by a barrier, shows the
+ * block every write published by earlier arrivals. Shorter on the critical
+ * path than a sequentially consistent fence (__threadfence) in every thread. */
+__device__ __forceinline__ int atomic_add_acq_rel(int* counter, int value) {
+    int old;
+    asm volatile("atom.acq_rel.gpu.global.add.s32 %0, [%1], %2;\n" : "=r"(old) : "l"(counter), "r"(value) : "memory");
+    return old;
+}
+
+/* *counter at device scope, with acquire semantics (see atomic_add_acq_rel). */
+__device__ __forceinline__ int load_acquire(const int* counter) {
+    int value;
+    asm volatile("ld.acquire.gpu.global.s32 %0, [%1];\n" : "=r"(value) : "l"(counter) : "memory");
+    return value;
 }
 
 /* Thread-block clusters (sm_90): every thread of every block of the cluster
@@ -406,6 +431,12 @@ __device__ __forceinline__ void dequantize_scaled(uint32_t word, uint32_t scale_
 
 /* ------------------------------------------------------------------ kernel -- */
 
+/* A compile-time count of 8-row halves, to pick a code path by a runtime test. */
+template <int N>
+struct RowHalves {
+    static constexpr int kValue = N;
+};
+
 /* Scale rows one whole k step of block_k spans (the rows of the copy
  * engine's scale box): the host's descriptor and the kernel's byte count
  * must agree. */
@@ -478,6 +509,13 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
      * quarter, one instruction, with 2); otherwise warp w holds n-tile w % 4
      * (four instructions per k-tile) and the warpgroups split k. */
     constexpr bool kSplitColumns = WARPGROUP_MMA && Cfg::kKGroups == 1;
+    /* Up to 16 rows with mma.sync, the weights are the M operand too (C^T =
+     * W^T A^T, as with warpgroup MMA): one instruction per weight word covers
+     * 16 columns x 8 rows, so rows 1..8 take half the instructions of the
+     * 16-row A operand (see compute_iteration). kTransposed: accumulators in
+     * the warpgroup layout (pairs along a column). */
+    constexpr bool kSwappedMma = !WARPGROUP_MMA && M_BLOCKS == 1;
+    constexpr bool kTransposed = WARPGROUP_MMA || kSwappedMma;
     constexpr int kWarpsPerNTile = kWarps / N_TILES;
     constexpr int kWarpWords = kSplitColumns ? 4 / kWarpsPerNTile : 4; /* weight words per lane and k-tile */
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && !defined(MARLIN_NO_COPY_ENGINE)
@@ -622,11 +660,12 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
     };
 
     /* A warp's accumulators, 32 * M_BLOCKS per thread, for its n-tile and all
-     * rows. mma.sync: acc[mb][b] is the m16n8 C fragment of rows 16 mb.. and
-     * columns 8 b.. of the n-tile. Warpgroup MMA (C^T = W^T A^T, weights as
-     * the M operand): acc[s][j] is the C fragment of the instruction for
-     * columns 16 s.. of the n-tile (M rows) and rows 8 j.. of A (N columns). */
-    constexpr int kAccOuter = WARPGROUP_MMA ? kWarpWords : M_BLOCKS, kAccInner = WARPGROUP_MMA ? 2 * M_BLOCKS : 8;
+     * rows. mma.sync from 17 rows: acc[mb][b] is the m16n8 C fragment of rows
+     * 16 mb.. and columns 8 b.. of the n-tile. Warpgroup MMA and mma.sync up
+     * to 16 rows (C^T = W^T A^T, weights as the M operand): acc[s][j] is the
+     * C fragment of the instruction for columns 16 s.. of the n-tile (M rows)
+     * and rows 8 j.. of A (N columns). */
+    constexpr int kAccOuter = kTransposed ? kWarpWords : M_BLOCKS, kAccInner = kTransposed ? 2 * M_BLOCKS : 8;
     float acc[kAccOuter][kAccInner][4];
     auto clear_acc = [&]() {
 #pragma unroll
@@ -651,13 +690,19 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
     const int warp_k_offset = warp_k_group * Cfg::kKTilesPerWarp * 16; /* in the step */
     const bool warp_one_scale_row =
         (warp_k_offset >> args.group_shift) == ((warp_k_offset + Cfg::kKTilesPerWarp * 16 - 16) >> args.group_shift);
-    /* This lane's ldmatrix address for k-tile j of the warp (row lane % 16,
-     * chunk 2 (kt % 4) + lane / 16 of half kt / 4, swizzled). */
+    /* This lane's ldmatrix address for k-tile j of the warp: the four 8 x 8
+     * matrices are rows 0-7 / 8-15 by k 0-7 / 8-15, in the order of the m16k16
+     * A fragment (row lane % 16, k half lane / 16), or with the weights as the
+     * M operand rows 0-7 first (row lane % 8 + 8 (lane / 16), k half lane / 8
+     * % 2), so each 8 rows' B fragment is two adjacent registers. Chunk
+     * 2 (kt % 4) + k half of half kt / 4, swizzled. */
+    const int a_lane_row = kSwappedMma ? lane % 8 + 8 * (lane / 16) : lane % 16;
+    const int a_lane_k_half = kSwappedMma ? lane / 8 % 2 : lane / 16;
     int a_offset[Cfg::kKTilesPerWarp];
 #pragma unroll
     for (int j = 0; j < Cfg::kKTilesPerWarp; j++) {
         const int kt = warp_k_group * Cfg::kKTilesPerWarp + j;
-        a_offset[j] = (kt / 4) * Cfg::kAHalf + (lane % 16) * 8 + (((kt % 4) * 2 + lane / 16) ^ (lane % 8));
+        a_offset[j] = (kt / 4) * Cfg::kAHalf + a_lane_row * 8 + (((kt % 4) * 2 + a_lane_k_half) ^ (lane % 8));
     }
     const int lane_b_offset = Cfg::kAStage + (warp_k_group * Cfg::kKTilesPerWarp * N_TILES + warp_n_tile) * 32 + lane;
     const int lane_scale_offset = Cfg::kAStage + Cfg::kBStage + (warp_n_tile * 64 + (lane / 4) * 8) / 8;
@@ -735,38 +780,76 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
                 load_a(a_frags[j], j);
             }
         }
-        /* k-tile j: dequantize, scale and multiply. */
-        auto multiply = [&](int j, const int4& scale_vec) {
-            if constexpr (!kPreload) {
-                b_words[0] = load_b(j);
-                load_a(a_frags[0], j);
-            }
-            const uint32_t(&a)[M_BLOCKS][4] = a_frags[kPreload ? j : 0];
-            uint32_t words[4], scale_pairs[4];
-            load_lane_words(words, &b_words[kPreload ? j : 0], 0);
-            load_lane_words(scale_pairs, &scale_vec, 0);
+        /* The warp's k-tiles of the step through multiply(j, scales of k-tile j):
+         * with one scale read when one group covers them all; a partial last
+         * step skips the k-tiles past k (they hold stale data). */
+        auto multiply_step = [&](auto&& multiply) {
+            if (full_k && warp_one_scale_row) {
+                const int4 scale_vec = scales_of(0);
 #pragma unroll
-            for (int s = 0; s < 4; s++) {
-                /* Scales 2s and 2s+1 of this lane's 8 are its columns in n8 blocks 2s and 2s+1. */
-                uint32_t frag[4];
-                dequantize_scaled<Format>(words[s], scale_pairs[s], frag);
+                for (int j = 0; j < Cfg::kKTilesPerWarp; j++) multiply(j, scale_vec);
+            } else {
 #pragma unroll
-                for (int mb = 0; mb < M_BLOCKS; mb++) {
-                    mma_16816(acc[mb][2 * s], a[mb], frag[0], frag[1]);
-                    mma_16816(acc[mb][2 * s + 1], a[mb], frag[2], frag[3]);
-                }
+                for (int j = 0; j < Cfg::kKTilesPerWarp; j++)
+                    if (k0 + warp_k_offset + j * 16 < k) multiply(j, scales_of(j));
             }
         };
-        if (full_k && warp_one_scale_row) {
-            const int4 scale_vec = scales_of(0);
+        if constexpr (kSwappedMma) {
+            /* Up to 16 rows: the weights as the M operand (C^T = W^T A^T). Word s
+             * of a lane dequantizes to rows g and g + 8 of the instruction's
+             * A fragment (columns 16 s + g and 16 s + 8 + g, q[0..1] and q[2..3]);
+             * the activations of rows 8 h.. are its B fragment, registers 2 h
+             * and 2 h + 1 of the ldmatrix load (k 0-7 and 8-15, see a_offset).
+             * Rows 1..8 need one instruction per word, rows 9..16 two. */
+            auto swapped_step = [&](auto row_halves) {
+                constexpr int kRowHalves = decltype(row_halves)::kValue;
+                auto weight_fragment = [](const uint32_t (&q)[4], uint32_t (&w)[4]) {
+                    w[0] = q[0], w[1] = q[2], w[2] = q[1], w[3] = q[3];
+                };
+                auto multiply = [&](int j, const int4& scale_vec) {
+                    const uint32_t(&a)[4] = a_frags[j][0];
+                    uint32_t words[4], scale_pairs[4];
+                    load_lane_words(words, &b_words[j], 0);
+                    load_lane_words(scale_pairs, &scale_vec, 0);
 #pragma unroll
-            for (int j = 0; j < Cfg::kKTilesPerWarp; j++) multiply(j, scale_vec);
+                    for (int s = 0; s < 4; s++) {
+                        uint32_t q[4], w[4];
+                        dequantize_scaled<Format>(words[s], scale_pairs[s], q);
+                        weight_fragment(q, w);
+#pragma unroll
+                        for (int h = 0; h < kRowHalves; h++) mma_16816(acc[s][h], w, a[2 * h], a[2 * h + 1]);
+                    }
+                };
+                multiply_step(multiply);
+            };
+            if (m > 8)
+                swapped_step(RowHalves<2>{});
+            else
+                swapped_step(RowHalves<1>{});
         } else {
+            /* k-tile j: dequantize, scale and multiply. */
+            auto multiply = [&](int j, const int4& scale_vec) {
+                if constexpr (!kPreload) {
+                    b_words[0] = load_b(j);
+                    load_a(a_frags[0], j);
+                }
+                const uint32_t(&a)[M_BLOCKS][4] = a_frags[kPreload ? j : 0];
+                uint32_t words[4], scale_pairs[4];
+                load_lane_words(words, &b_words[kPreload ? j : 0], 0);
+                load_lane_words(scale_pairs, &scale_vec, 0);
 #pragma unroll
-            for (int j = 0; j < Cfg::kKTilesPerWarp; j++) {
-                /* A partial last step: k-tiles past k hold stale data; skip them. */
-                if (k0 + warp_k_offset + j * 16 < k) multiply(j, scales_of(j));
-            }
+                for (int s = 0; s < 4; s++) {
+                    /* Scales 2s and 2s+1 of this lane's 8 are its columns in n8 blocks 2s and 2s+1. */
+                    uint32_t frag[4];
+                    dequantize_scaled<Format>(words[s], scale_pairs[s], frag);
+#pragma unroll
+                    for (int mb = 0; mb < M_BLOCKS; mb++) {
+                        mma_16816(acc[mb][2 * s], a[mb], frag[0], frag[1]);
+                        mma_16816(acc[mb][2 * s + 1], a[mb], frag[2], frag[3]);
+                    }
+                }
+            };
+            multiply_step(multiply);
         }
     };
 
@@ -779,6 +862,11 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
         if constexpr (WARPGROUP_MMA) {
             warpgroup_wait<0>(); /* ptxas makes every read of an accumulator below wait for it */
         }
+        /* Partial slice: thread 0 reads how many contributors have arrived
+         * already, its round trip overlapped with the sums below (see the
+         * arrival, after them). */
+        int arrived_before = -1;
+        if (!whole_slice && !cluster_mode && tid == 0) arrived_before = load_acquire(&counters[slice]);
         /* Warps of k-groups > 0 hand their accumulators to group 0 through
          * shared memory, 8 float4 per lane at a time (one mma.sync row block,
          * or an eighth of a warpgroup's instructions). */
@@ -786,7 +874,7 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
         float(*quads)[4] = &acc[0][0];
 #pragma unroll
         for (int c = 0; c < (Cfg::kKGroups > 1 ? M_BLOCKS : 0); c++) {
-            if (!WARPGROUP_MMA && c * 16 >= m) break; /* mma.sync: row blocks past m hold nothing */
+            if (!kTransposed && c * 16 >= m) break; /* mma.sync: row blocks past m hold nothing */
             if (warp_k_group > 0) {
 #pragma unroll
                 for (int b = 0; b < 8; b++)
@@ -813,10 +901,10 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
          * row for mma.sync (columns c, c + 1), along a column for warpgroup
          * MMA (rows r, r + 1). lane_row / lane_col: the lane's first element
          * in the tile; the visitor gets offsets from there. */
-        constexpr bool kPairInRow = !WARPGROUP_MMA;
-        const int lane_row = WARPGROUP_MMA ? (lane % 4) * 2 : lane / 4;
+        constexpr bool kPairInRow = !kTransposed;
+        const int lane_row = kTransposed ? (lane % 4) * 2 : lane / 4;
         const int lane_col = /* in the slice */
-            warp_n_tile * 64 + (WARPGROUP_MMA ? 16 * warp_word0 + lane / 4 : (lane % 4) * 2);
+            warp_n_tile * 64 + (kTransposed ? 16 * warp_word0 + lane / 4 : (lane % 4) * 2);
         /* Visits this lane's pairs whose first row is < m as (row offset, column
          * offset, x, y, second row valid): compile-time offsets, so no address
          * is worked out ahead (and kept in registers across the main loop). */
@@ -827,11 +915,12 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
                 for (int b = 0; b < kAccInner; b++)
 #pragma unroll
                     for (int h = 0; h < 2; h++) {
-                        /* mma.sync: i = row block, b = 8 columns, h = +8 rows;
-                         * warpgroup: i = 16 columns, b = 8 rows, h = +8 columns */
-                        const int row_offset = WARPGROUP_MMA ? 8 * b : 16 * i + 8 * h;
-                        const int col_offset = WARPGROUP_MMA ? 16 * i + 8 * h : 8 * b;
-                        if (!WARPGROUP_MMA && 16 * i >= m) continue;
+                        /* mma.sync from 17 rows: i = row block, b = 8 columns,
+                         * h = +8 rows; transposed: i = 16 columns, b = 8 rows,
+                         * h = +8 columns */
+                        const int row_offset = kTransposed ? 8 * b : 16 * i + 8 * h;
+                        const int col_offset = kTransposed ? 16 * i + 8 * h : 8 * b;
+                        if (!kTransposed && 16 * i >= m) continue;
                         if (lane_row + row_offset < m)
                             visit(row_offset, col_offset, acc[i][b][2 * h], acc[i][b][2 * h + 1],
                                   kPairInRow || lane_row + row_offset + 1 < m);
@@ -914,54 +1003,46 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
                     if (second) __stcg(out + Cfg::kBN, y);
                 }
             });
-            __threadfence(); /* the slot is visible before the counter says so */
         }
         const int first_block = slice_begin / args.iters_per_block;
         const int last_block = (slice_end - 1) / args.iters_per_block;
-        __syncthreads();
+        __syncthreads(); /* the block's slot writes come before thread 0's release */
         if (tid == 0) {
-            const int arrived = atomicAdd(&counters[slice], 1);
-            is_last_arrival = arrived == last_block - first_block;
-            if (is_last_arrival) counters[slice] = 0; /* every contributor has arrived: ready for the next call */
+            /* Every other contributor had published its slot before this block's
+             * sums began: this block is the last, with no atomic to wait for.
+             * Otherwise it announces its slot, and the count tells whether it
+             * was the last. The last resets the counter for the next call. */
+            is_last_arrival = arrived_before == last_block - first_block ||
+                              atomic_add_acq_rel(&counters[slice], 1) == last_block - first_block;
+            if (is_last_arrival) counters[slice] = 0;
         }
-        __syncthreads();
+        __syncthreads(); /* thread 0's acquire comes before every thread's slot loads */
         if (!is_last_arrival) return;
         /* The last to arrive sums every contributor's slot in block order (the
          * same order whoever arrives last), spread over all its threads, four
          * columns per load. This one block reads every slot (8 of them for a
          * slice cut 8 ways), so the sum is latency-bound: each thread keeps
-         * kVectorsAtOnce x kSlotsInFlight loads in flight (the accumulators are
-         * dead here, so the registers are free). */
-        __threadfence();
-        constexpr int kSlotsInFlight = 8, kVectorsAtOnce = 1;
+         * kSlotsInFlight loads in flight (the accumulators are dead here, so
+         * the registers are free). The loads go to L2 (.cg), never to L1. */
+        constexpr int kSlotsInFlight = 8;
         const int cols = n - n0 < Cfg::kBN ? n - n0 : Cfg::kBN; /* a multiple of 64 */
         const int vectors = m * (Cfg::kBN / 4);
-        for (int e0 = tid; e0 < vectors; e0 += kThreads * kVectorsAtOnce) {
-            float4 sum[kVectorsAtOnce];
-#pragma unroll
-            for (int u = 0; u < kVectorsAtOnce; u++) sum[u] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        for (int e = tid; e < vectors; e += kThreads) {
+            float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
             for (int block0 = first_block; block0 <= last_block; block0 += kSlotsInFlight) {
-                float4 v[kVectorsAtOnce][kSlotsInFlight];
+                float4 v[kSlotsInFlight];
 #pragma unroll
-                for (int u = 0; u < kVectorsAtOnce; u++)
+                for (int i = 0; i < kSlotsInFlight; i++)
+                    if (block0 + i <= last_block) v[i] = __ldcg(reinterpret_cast<const float4*>(slot_of(block0 + i)) + e);
 #pragma unroll
-                    for (int i = 0; i < kSlotsInFlight; i++)
-                        if (block0 + i <= last_block && e0 + u * kThreads < vectors)
-                            v[u][i] = __ldcg(reinterpret_cast<const float4*>(slot_of(block0 + i)) + e0 + u * kThreads);
-#pragma unroll
-                for (int u = 0; u < kVectorsAtOnce; u++)
-#pragma unroll
-                    for (int i = 0; i < kSlotsInFlight; i++)
-                        if (block0 + i <= last_block && e0 + u * kThreads < vectors)
-                            sum[u].x += v[u][i].x, sum[u].y += v[u][i].y, sum[u].z += v[u][i].z, sum[u].w += v[u][i].w;
+                for (int i = 0; i < kSlotsInFlight; i++)
+                    if (block0 + i <= last_block) sum.x += v[i].x, sum.y += v[i].y, sum.z += v[i].z, sum.w += v[i].w;
             }
-#pragma unroll
-            for (int u = 0; u < kVectorsAtOnce; u++) {
-                const int e = e0 + u * kThreads, row = e / (Cfg::kBN / 4), col = (e % (Cfg::kBN / 4)) * 4;
-                if (e >= vectors || col >= cols) continue;
+            const int row = e / (Cfg::kBN / 4), col = (e % (Cfg::kBN / 4)) * 4;
+            if (col < cols) {
                 half2* out = C + ((size_t)row * n + n0 + col) / 2;
-                out[0] = __floats2half2_rn(sum[u].x, sum[u].y);
-                out[1] = __floats2half2_rn(sum[u].z, sum[u].w);
+                out[0] = __floats2half2_rn(sum.x, sum.y);
+                out[1] = __floats2half2_rn(sum.z, sum.w);
             }
         }
     };

@@ -41,6 +41,8 @@ constexpr int kMaxChunkRows = 128; /* rows of A one block row covers at most (M_
  * partial tiles of one call never land on counters of another. */
 constexpr int kCounterCount = MARLIN_MAX_DIMENSION / 64;
 constexpr size_t kCounterRegionBytes = sizeof(int) * kCounterCount;
+/* marlin_workspace_size scans every row count up to this one (then m). */
+constexpr int kWorkspaceScanRows = 256;
 /* Layers under this many weights (k * n: 2 MB packed) are "tiny": see split_rows. */
 constexpr long long kTinyLayer = 4ll << 20;
 
@@ -211,7 +213,12 @@ marlin_status plan_launch(int rows, int n, int k, const DeviceInfo& device, Laun
     const int slices = (n + block_n - 1) / block_n;
     const int k_iters = (k + block_k - 1) / block_k;
     const int total = slices * k_iters;
-    const int block_slots = device.sm_count * best->blocks_per_sm;
+    int slots_per_sm = best->blocks_per_sm;
+#ifdef MARLIN_TUNING
+    /* Tuning builds only: MARLIN_SLOTS_PER_SM=s sizes the striped grid for s blocks per SM. */
+    if (const char* forced = getenv("MARLIN_SLOTS_PER_SM")) slots_per_sm = atoi(forced) > 0 ? atoi(forced) : 1;
+#endif
+    const int block_slots = device.sm_count * slots_per_sm;
     /* Equal runs for all block slots, but no shorter than kMinItersPerBlock: a
      * run of one or two steps is all pipeline fill and reduction. */
     int iters_per_block = (total + block_slots - 1) / block_slots;
@@ -438,7 +445,20 @@ extern "C" marlin_status marlin_workspace_size(int m, int n, int k, int group_si
     DeviceInfo device;
     status = query_device(&device, nullptr);
     if (status != MARLIN_STATUS_SUCCESS) return status;
-    return required_workspace(m, n, k, device, workspace_bytes);
+    /* Enough for every call of 1..m rows: the need is not monotonic in the
+     * rows (at m = 1 wider tiles than at m = 16, and more blocks). A call of
+     * more than 256 rows launches chunks of at most 128 rows (64 row chunks'
+     * worth for tiny layers: its need grows with m), so rows 1..256 and m
+     * itself cover every launch. */
+    size_t most = 0;
+    for (int rows = 1; rows <= m; rows = rows < kWorkspaceScanRows ? rows + 1 : (rows < m ? m : rows + 1)) {
+        size_t bytes = 0;
+        status = required_workspace(rows, n, k, device, &bytes);
+        if (status != MARLIN_STATUS_SUCCESS) return status;
+        if (bytes > most) most = bytes;
+    }
+    *workspace_bytes = most;
+    return MARLIN_STATUS_SUCCESS;
 }
 
 extern "C" marlin_status marlin_matmul(const void* A, const void* packed_b, const void* packed_scales,

@@ -64,6 +64,23 @@ int main(void) {
     else
         test_check(st == MARLIN_STATUS_NO_DEVICE, "workspace size without a GPU -> NO_DEVICE (\"%s\")",
                    marlin_status_string(st));
+    if (have_gpu) {
+        /* The size for m rows covers every call of fewer rows (llama2-7b's qkv:
+         * one row needs more than 16, with its wider tiles). */
+        const int shapes[][2] = {{4096, 12288}, {4096, 4096}, {11008, 4096}, {576, 960}};
+        for (int s = 0; s < 4; s++) {
+            const int k = shapes[s][0], n = shapes[s][1];
+            size_t for_m[65] = {0};
+            int ok = 1;
+            for (int m = 1; m <= 64; m++) ok &= marlin_workspace_size(m, n, k, 128, &for_m[m]) == MARLIN_STATUS_SUCCESS;
+            int covered = 1, first_gap = 0;
+            for (int m = 1; m <= 64 && covered; m++)
+                for (int smaller = 1; smaller < m; smaller++)
+                    if (for_m[smaller] > for_m[m]) covered = 0, first_gap = m;
+            test_check(ok && covered, "workspace size for m rows covers every smaller m (k %d, n %d; first gap at m = %d)",
+                       k, n, first_gap);
+        }
+    }
 #undef C_UNTOUCHED
     return test_finish();
 }
