@@ -105,10 +105,11 @@ __device__ unsigned long long trace_records[MARLIN_TRACE_LAUNCHES][MARLIN_TRACE_
 constexpr bool kTracing = true;
 constexpr int kTraceStart = MARLIN_TRACE_START, kTraceWaited = MARLIN_TRACE_WAITED,
               kTraceFirstStage = MARLIN_TRACE_FIRST_STAGE, kTraceLastFinish = MARLIN_TRACE_LAST_FINISH,
-              kTraceEnd = MARLIN_TRACE_END;
+              kTraceReduced = MARLIN_TRACE_REDUCED, kTraceArrived = MARLIN_TRACE_ARRIVED, kTraceEnd = MARLIN_TRACE_END;
 #else
 constexpr bool kTracing = false;
-constexpr int kTraceStart = 0, kTraceWaited = 0, kTraceFirstStage = 0, kTraceLastFinish = 0, kTraceEnd = 0;
+constexpr int kTraceStart = 0, kTraceWaited = 0, kTraceFirstStage = 0, kTraceLastFinish = 0, kTraceReduced = 0,
+              kTraceArrived = 0, kTraceEnd = 0;
 #endif
 /* Thread 0 of a block of row chunk 0 stamps the global timer; a no-op
  * unless built with MARLIN_TRACE. */
@@ -895,6 +896,7 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
             __syncthreads();
         }
 
+        if (kTracing && Cfg::kKGroups > 1) trace_stamp(args, kTraceReduced);
         const int n_tile = slice * N_TILES + warp_n_tile;
         const bool writer = warp_k_group == 0 && n_tile < n_tiles_total;
         /* A lane's accumulators come in pairs of adjacent elements: along a
@@ -1017,6 +1019,7 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
             if (is_last_arrival) counters[slice] = 0;
         }
         __syncthreads(); /* thread 0's acquire comes before every thread's slot loads */
+        if (kTracing) trace_stamp(args, kTraceArrived);
         if (!is_last_arrival) return;
         /* The last to arrive sums every contributor's slot in block order (the
          * same order whoever arrives last), spread over all its threads, four

@@ -24,6 +24,8 @@ enum {
     MARLIN_TRACE_WAITED,      /* griddepcontrol.wait returned (the previous kernel is done) */
     MARLIN_TRACE_FIRST_STAGE, /* the first stage's copies have landed */
     MARLIN_TRACE_LAST_FINISH, /* the last slice's k loop is done, its epilogue begins */
+    MARLIN_TRACE_REDUCED,     /* its k-group sums are done (0 where a slice has one k-group) */
+    MARLIN_TRACE_ARRIVED,     /* a partial slice: the block knows whether it is the last to arrive (else 0) */
     MARLIN_TRACE_END,         /* last instruction */
     MARLIN_TRACE_FIELDS
 };

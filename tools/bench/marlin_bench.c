@@ -1060,7 +1060,7 @@ int main(int argc, char** argv) {
         options.trace = fopen(options.trace_path, "w");
         if (!options.trace) fatal(EXIT_USAGE, "cannot write %s: %s", options.trace_path, strerror(errno));
         fprintf(options.trace, "layer,k,n,m,launch,grid,block,sm,start_ns,waited_ns,first_stage_ns,last_finish_ns,"
-                               "end_ns\n");
+                               "reduced_ns,arrived_ns,end_ns\n");
     }
     char gpu_name[sizeof(gpu.prop.name)];
     csv_safe_name(gpu.prop.name, gpu_name, sizeof(gpu_name));
