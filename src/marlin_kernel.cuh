@@ -277,6 +277,7 @@ __device__ __forceinline__ void mma_16816(float (&acc)[4], const uint32_t (&a)[4
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+
 /* Warpgroup MMA (sm_90a): D[64 x N] = A[64 x 16] . B[16 x N] + (D, or 0
  * when `accumulate` is 0: no instruction but the MMA writes D), A from
  * registers (each warp 16 rows, in the m16n8k16 A-fragment layout), B from
@@ -497,7 +498,7 @@ struct TileConfig {
  * offsets worked out once per run, and all fragments of a step read before
  * the first is used). */
 template <typename Format, int M_BLOCKS, int N_TILES, int K_TILES, int STAGES, int BLOCKS_PER_SM,
-          bool WARPGROUP_MMA = false>
+          bool WARPGROUP_MMA = false, bool EIGHT_ROWS = false>
 __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(const __grid_constant__ KernelArgs args) {
     using Cfg = TileConfig<M_BLOCKS, N_TILES, K_TILES, STAGES, k_groups(M_BLOCKS, N_TILES, WARPGROUP_MMA)>;
     static_assert(!WARPGROUP_MMA || ((N_TILES == 4 || N_TILES == 2) && (M_BLOCKS == 2 || M_BLOCKS == 4 ||
@@ -517,6 +518,10 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
      * the warpgroup layout (pairs along a column). */
     constexpr bool kSwappedMma = !WARPGROUP_MMA && M_BLOCKS == 1;
     constexpr bool kTransposed = WARPGROUP_MMA || kSwappedMma;
+    /* EIGHT_ROWS: a variant for 1..8 rows only (transposed mma.sync): the
+     * accumulators hold 8 rows, half the registers and half the epilogue. */
+    static_assert(!EIGHT_ROWS || kSwappedMma, "8-row variants: mma.sync, one row block");
+    constexpr int kRowHalvesMax = EIGHT_ROWS ? 1 : 2 * M_BLOCKS;
     constexpr int kWarpsPerNTile = kWarps / N_TILES;
     constexpr int kWarpWords = kSplitColumns ? 4 / kWarpsPerNTile : 4; /* weight words per lane and k-tile */
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && !defined(MARLIN_NO_COPY_ENGINE)
@@ -666,7 +671,7 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
      * to 16 rows (C^T = W^T A^T, weights as the M operand): acc[s][j] is the
      * C fragment of the instruction for columns 16 s.. of the n-tile (M rows)
      * and rows 8 j.. of A (N columns). */
-    constexpr int kAccOuter = kTransposed ? kWarpWords : M_BLOCKS, kAccInner = kTransposed ? 2 * M_BLOCKS : 8;
+    constexpr int kAccOuter = kTransposed ? kWarpWords : M_BLOCKS, kAccInner = kTransposed ? kRowHalvesMax : 8;
     float acc[kAccOuter][kAccInner][4];
     auto clear_acc = [&]() {
 #pragma unroll
@@ -823,8 +828,8 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
                 };
                 multiply_step(multiply);
             };
-            if (m > 8)
-                swapped_step(RowHalves<2>{});
+            if (!EIGHT_ROWS && m > 8)
+                swapped_step(RowHalves<kRowHalvesMax>{});
             else
                 swapped_step(RowHalves<1>{});
         } else {
@@ -869,8 +874,10 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
         int arrived_before = -1;
         if (!whole_slice && !cluster_mode && tid == 0) arrived_before = load_acquire(&counters[slice]);
         /* Warps of k-groups > 0 hand their accumulators to group 0 through
-         * shared memory, 8 float4 per lane at a time (one mma.sync row block,
-         * or an eighth of a warpgroup's instructions). */
+         * shared memory, kQuads float4 per lane at a time (one mma.sync row
+         * block, an eighth of a warpgroup's instructions, or all of an 8-row
+         * variant's four). */
+        constexpr int kQuads = kAccOuter * kAccInner / M_BLOCKS;
         float4* reduce = reinterpret_cast<float4*>(smem_reduce);
         float(*quads)[4] = &acc[0][0];
 #pragma unroll
@@ -878,17 +885,17 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
             if (!kTransposed && c * 16 >= m) break; /* mma.sync: row blocks past m hold nothing */
             if (warp_k_group > 0) {
 #pragma unroll
-                for (int b = 0; b < 8; b++)
-                    reduce[(((warp_k_group - 1) * N_TILES + warp_n_tile) * 8 + b) * 32 + lane] =
-                        make_float4(quads[8 * c + b][0], quads[8 * c + b][1], quads[8 * c + b][2], quads[8 * c + b][3]);
+                for (int b = 0; b < kQuads; b++)
+                    reduce[(((warp_k_group - 1) * N_TILES + warp_n_tile) * kQuads + b) * 32 + lane] = make_float4(
+                        quads[kQuads * c + b][0], quads[kQuads * c + b][1], quads[kQuads * c + b][2], quads[kQuads * c + b][3]);
             }
             __syncthreads();
             if (warp_k_group == 0) {
                 for (int g = 1; g < Cfg::kKGroups; g++) {
 #pragma unroll
-                    for (int b = 0; b < 8; b++) {
-                        float4 v = reduce[(((g - 1) * N_TILES + warp_n_tile) * 8 + b) * 32 + lane];
-                        float* q = quads[8 * c + b];
+                    for (int b = 0; b < kQuads; b++) {
+                        float4 v = reduce[(((g - 1) * N_TILES + warp_n_tile) * kQuads + b) * 32 + lane];
+                        float* q = quads[kQuads * c + b];
                         q[0] += v.x, q[1] += v.y, q[2] += v.z, q[3] += v.w;
                     }
                 }

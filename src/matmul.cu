@@ -52,7 +52,8 @@ using KernelFn = void (*)(const KernelArgs);
 struct KernelVariant {
     int m_blocks, n_tiles, k_tiles, stages, blocks_per_sm;
     bool warpgroup_mma; /* sm_90a only: needs a library built for 90a */
-    int min_rows;       /* serves launches of min_rows .. 16 * m_blocks rows */
+    int min_rows;       /* serves launches of min_rows .. max_rows rows */
+    int max_rows;       /* 16 * m_blocks, or 8 for an 8-row variant */
     int min_n;          /* ... whose n is at least this */
     long long max_weights; /* ... and whose k * n is below this (0: any) */
     int smem_bytes;
@@ -60,13 +61,19 @@ struct KernelVariant {
     KernelFn kernel;
 };
 
-template <int M_BLOCKS, int N_TILES, int K_TILES, int STAGES, int BLOCKS_PER_SM = 1, bool WARPGROUP_MMA = false>
+template <int M_BLOCKS, int N_TILES, int K_TILES, int STAGES, int BLOCKS_PER_SM = 1, bool WARPGROUP_MMA = false,
+          bool EIGHT_ROWS = false>
 KernelVariant make_variant(int min_n = 0, int min_rows = 16 * (M_BLOCKS - 1) + 1, long long max_weights = 0) {
     using Cfg = TileConfig<M_BLOCKS, N_TILES, K_TILES, STAGES, marlin::k_groups(M_BLOCKS, N_TILES, WARPGROUP_MMA)>;
-    return {M_BLOCKS, N_TILES, K_TILES, STAGES, BLOCKS_PER_SM, WARPGROUP_MMA, min_rows, min_n, max_weights,
-            Cfg::kSmemBytes, Cfg::kSlotFloats,
+    return {M_BLOCKS, N_TILES, K_TILES, STAGES, BLOCKS_PER_SM, WARPGROUP_MMA, min_rows, EIGHT_ROWS ? 8 : 16 * M_BLOCKS,
+            min_n, max_weights, Cfg::kSmemBytes, Cfg::kSlotFloats,
             marlin::marlin_gemm_kernel<Int4Symmetric, M_BLOCKS, N_TILES, K_TILES, STAGES, BLOCKS_PER_SM,
-                                       WARPGROUP_MMA>};
+                                       WARPGROUP_MMA, EIGHT_ROWS>};
+}
+/* 1..8 rows (mma.sync with the weights as the M operand, 8-row accumulators). */
+template <int N_TILES, int K_TILES, int STAGES, int BLOCKS_PER_SM>
+KernelVariant make_eight_row_variant() {
+    return make_variant<1, N_TILES, K_TILES, STAGES, BLOCKS_PER_SM, false, true>(0, 1);
 }
 template <int M_BLOCKS, int N_TILES, int K_TILES, int STAGES>
 KernelVariant make_warpgroup_variant(int min_n, int min_rows, long long max_weights = 0) {
@@ -89,9 +96,11 @@ constexpr long long kLargeLayer = 192ll << 20; /* weights (k * n): 96 MB packed 
 const KernelVariant kVariants[] = {
     /* 1..16 rows; from 9 rows, layers under 192M weights (llama2-7b,
      * llama3-8b, llama2-70b's qkv and o) run faster with 128-column tiles
-     * (llama3-8b m = 16: 80.5 vs 89.1 us) */
-    make_variant<1, 2, 8, 6, 2>(0, 9, kLargeLayer), make_variant<1, 4, 8, 4, 2>(), make_variant<1, 2, 8, 6, 2>(),
-    make_variant<1, 1, 8, 8, 2>(), make_variant<1, 2, 8, 4>(), make_variant<1, 1, 8, 4>(),
+     * (llama3-8b m = 16: 80.5 vs 89.1 us); up to 8 rows, accumulators for 8
+     * rows only (llama2-7b m = 1: 58.2 vs 55.2 us, bench/NOTES.md step 30) */
+    make_variant<1, 2, 8, 6, 2>(0, 9, kLargeLayer), make_eight_row_variant<4, 8, 4, 2>(),
+    make_variant<1, 4, 8, 4, 2>(), make_variant<1, 2, 8, 6, 2>(), make_variant<1, 1, 8, 8, 2>(),
+    make_variant<1, 2, 8, 4>(), make_variant<1, 1, 8, 4>(),
     /* 17..32 rows */
     make_warpgroup_variant<2, 4, 8, 6>(kWideN, 17), make_warpgroup_variant<2, 2, 8, 8>(0, 17),
     make_variant<2, 4, 8, 4>(kWideN), make_variant<2, 2, 8, 4>(), make_variant<2, 4, 8, 4>(),
@@ -186,7 +195,7 @@ marlin_status plan_launch(int rows, int n, int k, const DeviceInfo& device, Laun
      * whether it should. */
     auto can_run = [&](const KernelVariant& v) {
         if (v.warpgroup_mma && !(device.major == 9 && kHaveSm90a)) return false;
-        return v.min_rows <= rows && rows <= 16 * v.m_blocks && v.smem_bytes <= device.smem_per_block_optin &&
+        return v.min_rows <= rows && rows <= v.max_rows && v.smem_bytes <= device.smem_per_block_optin &&
                v.blocks_per_sm * (v.smem_bytes + 1024) <= device.smem_per_sm; /* 1 KB: per-block reserve */
     };
     auto fits = [&](const KernelVariant& v) {
