@@ -38,7 +38,7 @@
  *    registers, scaled by one hmul2, feeding the tensor cores directly: up
  *    to 16 rows mma.sync with the weights as the M operand (C^T = W^T A^T,
  *    one instruction per word for 16 columns x 8 rows; A from shared memory
- *    by ldmatrix), from 17 rows on sm_90a warpgroup MMA, also with the
+ *    by ldmatrix; variants for 1..8 rows hold accumulators for 8 rows only), from 17 rows on sm_90a warpgroup MMA, also with the
  *    weights as the register operand and A read by the instruction from the
  *    swizzled tile, and elsewhere mma.sync with A as the M operand. The
  *    loop over a slice's k steps holds nothing but copies and MMAs; the
