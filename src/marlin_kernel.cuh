@@ -936,6 +936,33 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
                     }
         };
         const int n0 = slice * Cfg::kBN;
+        /* This lane's pairs, rows < m, into a row-major fp32 tile of kBN
+         * columns (a cluster block's stage memory or a workspace slot),
+         * through store(pointer, float2 or float). */
+        auto store_fp32_tile = [&](float* tile, auto&& store) {
+            float* lane_tile = tile + lane_row * Cfg::kBN + lane_col;
+            for_each_valid_pair([&](int row_offset, int col_offset, float x, float y, bool second) {
+                float* out = lane_tile + row_offset * Cfg::kBN + col_offset;
+                if (kPairInRow) {
+                    store(reinterpret_cast<float2*>(out), make_float2(x, y));
+                } else {
+                    store(out, x);
+                    if (second) store(out + Cfg::kBN, y);
+                }
+            });
+        };
+        /* Vector e of the slice's tile (row e / (kBN/4), 4 columns), summed,
+         * into C unless its columns lie past n. */
+        const int cols = n - n0 < Cfg::kBN ? n - n0 : Cfg::kBN; /* a multiple of 64 */
+        const int vectors = m * (Cfg::kBN / 4);
+        auto store_c_vector = [&](int e, const float4& sum) {
+            const int row = e / (Cfg::kBN / 4), col = (e % (Cfg::kBN / 4)) * 4;
+            if (col < cols) {
+                half2* out = C + ((size_t)row * n + n0 + col) / 2;
+                out[0] = __floats2half2_rn(sum.x, sum.y);
+                out[1] = __floats2half2_rn(sum.z, sum.w);
+            }
+        };
         if (whole_slice) {
             if (writer) {
                 half* lane_c = reinterpret_cast<half*>(C) + (size_t)lane_row * n + n0 + lane_col;
@@ -960,35 +987,17 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
             static_assert(Cfg::kBM * Cfg::kBN * 4 <= 16 * STAGES * Cfg::kStage, "a tile fits in the stages");
             float* tile = reinterpret_cast<float*>(smem);
             __syncthreads(); /* every warp is done with the stages */
-            if (writer) {
-                float* lane_tile = tile + lane_row * Cfg::kBN + lane_col;
-                for_each_valid_pair([&](int row_offset, int col_offset, float x, float y, bool second) {
-                    float* out = lane_tile + row_offset * Cfg::kBN + col_offset;
-                    if (kPairInRow) {
-                        *reinterpret_cast<float2*>(out) = make_float2(x, y);
-                    } else {
-                        out[0] = x;
-                        if (second) out[Cfg::kBN] = y;
-                    }
-                });
-            }
+            if (writer) store_fp32_tile(tile, [](auto* out, auto value) { *out = value; });
             cluster_sync();
             const int blocks = args.cluster_split, rank = blockIdx.x % blocks;
-            const int cols = n - n0 < Cfg::kBN ? n - n0 : Cfg::kBN; /* a multiple of 64 */
-            const int vectors = m * (Cfg::kBN / 4);
             const int share_end = (rank + 1) * vectors / blocks;
             for (int e = rank * vectors / blocks + tid; e < share_end; e += kThreads) {
-                const int row = e / (Cfg::kBN / 4), col = (e % (Cfg::kBN / 4)) * 4;
                 float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
                 for (int b = 0; b < blocks; b++) {
                     const float4 v = load_cluster_float4(tile + 4 * e, b);
                     sum.x += v.x, sum.y += v.y, sum.z += v.z, sum.w += v.w;
                 }
-                if (col < cols) {
-                    half2* out = C + ((size_t)row * n + n0 + col) / 2;
-                    out[0] = __floats2half2_rn(sum.x, sum.y);
-                    out[1] = __floats2half2_rn(sum.z, sum.w);
-                }
+                store_c_vector(e, sum);
             }
             cluster_sync(); /* no block leaves while another still reads its tile */
             return;
@@ -1001,18 +1010,8 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
             const bool head = block * args.iters_per_block >= slice_begin; /* its run starts in this slice */
             return reinterpret_cast<float2*>(partials + (size_t)(2 * block + (head ? 0 : 1)) * Cfg::kSlotFloats);
         };
-        if (writer) {
-            float* lane_slot = reinterpret_cast<float*>(slot_of(blockIdx.x)) + lane_row * Cfg::kBN + lane_col;
-            for_each_valid_pair([&](int row_offset, int col_offset, float x, float y, bool second) {
-                float* out = lane_slot + row_offset * Cfg::kBN + col_offset;
-                if (kPairInRow) {
-                    __stcg(reinterpret_cast<float2*>(out), make_float2(x, y));
-                } else {
-                    __stcg(out, x);
-                    if (second) __stcg(out + Cfg::kBN, y);
-                }
-            });
-        }
+        if (writer)
+            store_fp32_tile(reinterpret_cast<float*>(slot_of(blockIdx.x)), [](auto* out, auto value) { __stcg(out, value); });
         const int first_block = slice_begin / args.iters_per_block;
         const int last_block = (slice_end - 1) / args.iters_per_block;
         __syncthreads(); /* the block's slot writes come before thread 0's release */
@@ -1035,8 +1034,6 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
          * kSlotsInFlight loads in flight (the accumulators are dead here, so
          * the registers are free). The loads go to L2 (.cg), never to L1. */
         constexpr int kSlotsInFlight = 8;
-        const int cols = n - n0 < Cfg::kBN ? n - n0 : Cfg::kBN; /* a multiple of 64 */
-        const int vectors = m * (Cfg::kBN / 4);
         for (int e = tid; e < vectors; e += kThreads) {
             float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
             for (int block0 = first_block; block0 <= last_block; block0 += kSlotsInFlight) {
@@ -1048,12 +1045,7 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
                 for (int i = 0; i < kSlotsInFlight; i++)
                     if (block0 + i <= last_block) sum.x += v[i].x, sum.y += v[i].y, sum.z += v[i].z, sum.w += v[i].w;
             }
-            const int row = e / (Cfg::kBN / 4), col = (e % (Cfg::kBN / 4)) * 4;
-            if (col < cols) {
-                half2* out = C + ((size_t)row * n + n0 + col) / 2;
-                out[0] = __floats2half2_rn(sum.x, sum.y);
-                out[1] = __floats2half2_rn(sum.z, sum.w);
-            }
+            store_c_vector(e, sum);
         }
     };
 

@@ -264,6 +264,14 @@ marlin_status plan_launch(int rows, int n, int k, const DeviceInfo& device, Laun
     return MARLIN_STATUS_SUCCESS;
 }
 
+/* The launch attribute for clusters of `split` blocks along x. */
+cudaLaunchAttribute cluster_attribute(int split) {
+    cudaLaunchAttribute attribute;
+    attribute.id = cudaLaunchAttributeClusterDimension;
+    attribute.val.clusterDim.x = (unsigned)split, attribute.val.clusterDim.y = 1, attribute.val.clusterDim.z = 1;
+    return attribute;
+}
+
 /* Whether the device can hold a cluster of `split` blocks of variant v (its
  * shared-memory limit raised), asked once per device, variant and size. */
 unsigned char cluster_answers[kMaxDevices][kVariantCount][kMaxClusterSplit + 1]; /* 0 unknown, 1 yes, 2 no */
@@ -272,9 +280,7 @@ bool cluster_fits(const KernelVariant& v, int split, int device) {
     const int index = (int)(&v - kVariants);
     unsigned char* answer = device < kMaxDevices ? &cluster_answers[device][index][split] : nullptr;
     if (answer && __atomic_load_n(answer, __ATOMIC_ACQUIRE)) return *answer == 1;
-    cudaLaunchAttribute attribute;
-    attribute.id = cudaLaunchAttributeClusterDimension;
-    attribute.val.clusterDim.x = (unsigned)split, attribute.val.clusterDim.y = 1, attribute.val.clusterDim.z = 1;
+    cudaLaunchAttribute attribute = cluster_attribute(split);
     cudaLaunchConfig_t config = {};
     config.gridDim = dim3(split);
     config.blockDim = dim3(marlin::kThreads);
@@ -372,25 +378,39 @@ marlin_status split_rows(int m, int n, int k, const DeviceInfo& device, RowSplit
     return MARLIN_STATUS_SUCCESS;
 }
 
-/* Workspace for all launches of an m x n x k call: counters, then 2 slots per
- * block and row chunk. */
-marlin_status required_workspace(int m, int n, int k, const DeviceInfo& device, size_t* bytes) {
+/* A whole m-row call: its row split, the plan of its full launches
+ * (launch_rows rows each) and of the last, shorter one (rows m % launch_rows,
+ * if any), and the workspace they need: counters, then 2 slots per block and
+ * row chunk. */
+struct CallPlan {
     RowSplit split;
-    marlin_status status = split_rows(m, n, k, device, &split);
+    int launch_rows;
+    LaunchPlan full, rest;
+    size_t workspace_bytes;
+};
+
+marlin_status plan_call(int m, int n, int k, const DeviceInfo& device, CallPlan* call) {
+    marlin_status status = split_rows(m, n, k, device, &call->split);
     if (status != MARLIN_STATUS_SUCCESS) return status;
-    const int launch_rows = split.chunk_rows * split.chunks;
-    const int launch_sizes[2] = {m < launch_rows ? m : launch_rows, m % launch_rows};
+    const RowSplit& split = call->split;
+    call->launch_rows = split.chunk_rows * split.chunks;
+    const int launch_sizes[2] = {m < call->launch_rows ? m : call->launch_rows, m % call->launch_rows};
+    LaunchPlan* plans[2] = {&call->full, &call->rest};
     size_t partial_bytes = 0;
-    for (int rows : launch_sizes) {
+    for (int i = 0; i < 2; i++) {
+        const int rows = launch_sizes[i];
         if (rows == 0) continue;
-        LaunchPlan plan;
-        status = plan_launch(rows < split.chunk_rows ? rows : split.chunk_rows, n, k, device, &plan);
+        if (i == 1 && rows == launch_sizes[0]) { /* one launch of m < launch_rows rows: already planned */
+            call->rest = call->full;
+            continue;
+        }
+        status = plan_launch(rows < split.chunk_rows ? rows : split.chunk_rows, n, k, device, plans[i]);
         if (status != MARLIN_STATUS_SUCCESS) return status;
         const size_t chunks = (size_t)(rows + split.chunk_rows - 1) / split.chunk_rows;
-        const size_t need = sizeof(float) * 2 * chunks * (size_t)plan.grid * (size_t)plan.variant->slot_floats;
+        const size_t need = sizeof(float) * 2 * chunks * (size_t)plans[i]->grid * (size_t)plans[i]->variant->slot_floats;
         if (need > partial_bytes) partial_bytes = need;
     }
-    *bytes = kCounterRegionBytes + partial_bytes;
+    call->workspace_bytes = kCounterRegionBytes + partial_bytes;
     return MARLIN_STATUS_SUCCESS;
 }
 
@@ -461,10 +481,10 @@ extern "C" marlin_status marlin_workspace_size(int m, int n, int k, int group_si
      * itself cover every launch. */
     size_t most = 0;
     for (int rows = 1; rows <= m; rows = rows < kWorkspaceScanRows ? rows + 1 : (rows < m ? m : rows + 1)) {
-        size_t bytes = 0;
-        status = required_workspace(rows, n, k, device, &bytes);
+        CallPlan call;
+        status = plan_call(rows, n, k, device, &call);
         if (status != MARLIN_STATUS_SUCCESS) return status;
-        if (bytes > most) most = bytes;
+        if (call.workspace_bytes > most) most = call.workspace_bytes;
     }
     *workspace_bytes = most;
     return MARLIN_STATUS_SUCCESS;
@@ -482,23 +502,18 @@ extern "C" marlin_status marlin_matmul(const void* A, const void* packed_b, cons
     int device_index = 0;
     status = query_device(&device, &device_index);
     if (status != MARLIN_STATUS_SUCCESS) return status;
-    size_t needed = 0;
-    status = required_workspace(m, n, k, device, &needed);
+    CallPlan call;
+    status = plan_call(m, n, k, device, &call);
     if (status != MARLIN_STATUS_SUCCESS) return status;
-    if (workspace_bytes < needed) return MARLIN_STATUS_WORKSPACE_TOO_SMALL;
+    if (workspace_bytes < call.workspace_bytes) return MARLIN_STATUS_WORKSPACE_TOO_SMALL;
 
     int* counters = static_cast<int*>(workspace);
     float* partials = reinterpret_cast<float*>(static_cast<char*>(workspace) + kCounterRegionBytes);
-    RowSplit split;
-    status = split_rows(m, n, k, device, &split);
-    if (status != MARLIN_STATUS_SUCCESS) return status;
-    const int launch_rows = split.chunk_rows * split.chunks;
+    const int launch_rows = call.launch_rows;
     for (int row0 = 0; row0 < m; row0 += launch_rows) {
         const int rows = m - row0 < launch_rows ? m - row0 : launch_rows;
-        const int chunks = (rows + split.chunk_rows - 1) / split.chunk_rows;
-        LaunchPlan plan;
-        status = plan_launch(rows < split.chunk_rows ? rows : split.chunk_rows, n, k, device, &plan);
-        if (status != MARLIN_STATUS_SUCCESS) return status;
+        const int chunks = (rows + call.split.chunk_rows - 1) / call.split.chunk_rows;
+        LaunchPlan plan = rows == launch_rows ? call.full : call.rest;
         KernelArgs args;
         memset(&args, 0, sizeof(args));
         args.A = static_cast<const int4*>(A) + (size_t)row0 * k / 8;
@@ -535,12 +550,7 @@ extern "C" marlin_status marlin_matmul(const void* A, const void* packed_b, cons
             attributes[attribute_count].id = cudaLaunchAttributeProgrammaticStreamSerialization;
             attributes[attribute_count++].val.programmaticStreamSerializationAllowed = 1;
         }
-        if (plan.cluster_split > 1) {
-            attributes[attribute_count].id = cudaLaunchAttributeClusterDimension;
-            attributes[attribute_count].val.clusterDim.x = (unsigned)plan.cluster_split;
-            attributes[attribute_count].val.clusterDim.y = 1;
-            attributes[attribute_count++].val.clusterDim.z = 1;
-        }
+        if (plan.cluster_split > 1) attributes[attribute_count++] = cluster_attribute(plan.cluster_split);
         cudaLaunchConfig_t config = {};
         config.gridDim = dim3(chunk_blocks(plan), chunks);
         config.blockDim = dim3(marlin::kThreads);
