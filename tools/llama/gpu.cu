@@ -117,16 +117,20 @@ struct llama_gpu {
 
 /* First statement of every kernel that launch() starts (every thread runs
  * it, before any read or write of memory, so no block can finish without
- * having waited): wait until the previous kernel on the stream has finished
- * and its writes are visible, then let the next kernel begin launching. The
- * next one waits for this grid's completion in turn before it touches
- * memory, so triggering right away is safe, and since every grid completes
- * only after it has waited for its predecessor, a kernel also sees the
- * writes of all earlier ones. No-ops before sm_90 and in plain launches. */
+ * having waited): let the next kernel begin launching, then wait until the
+ * previous kernel on the stream has finished and its writes are visible.
+ * Triggering before waiting lets the next kernel's blocks be scheduled while
+ * the previous one's tail still runs (a Marlin layer fetches its first
+ * weights then: they depend on nothing). The next kernel waits for this
+ * grid's completion before it touches memory, and a grid completes only
+ * after it has waited for its predecessor, so a kernel sees the writes of all
+ * earlier ones; and the next grid can launch only once every block of this
+ * one has started, so waiting blocks never hold back an earlier grid. No-ops
+ * before sm_90 and in plain launches. */
 __device__ __forceinline__ void begin_dependent_kernel() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;\n" ::: "memory");
     asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
 #endif
 }
 
