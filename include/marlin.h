@@ -115,6 +115,22 @@ MARLIN_API marlin_status marlin_unpack(const uint32_t* packed_b, const uint16_t*
                                        uint16_t* scales);
 
 /*
+ * Reorders the columns of a gated MLP's gate and up weights for
+ * marlin_matmul_swiglu (before marlin_pack):
+ *   codes       k x n bytes: columns 0 .. n/2-1 the gate features, n/2 .. n-1
+ *               the up features (the fused [gate | up] weight)
+ *   scales      ceil(k/group_size) x n fp16, columns likewise (plain, not packed)
+ *   codes_out   out: k x n bytes;  scales_out  out: ceil(k/group_size) x n fp16;
+ *               in every 16 columns, 8 gate features then the up features of
+ *               the same index: column 16t + s holds gate feature 8t + s and
+ *               column 16t + 8 + s up feature 8t + s (s < 8).
+ * Shapes as marlin_pack; the outputs must not overlap the inputs.
+ */
+MARLIN_API marlin_status marlin_interleave_gate_up(const uint8_t* codes, const uint16_t* scales, int k,
+                                                   int n, int group_size, uint8_t* codes_out,
+                                                   uint16_t* scales_out);
+
+/*
  * Codes of fake-quantized weights, as the original Layer.pack computes them:
  * q = clamp(round(w / s) + 8, 0, 15).
  *   weight  n x k fp16, row-major (torch.nn.Linear's layout: one row per output)
@@ -177,6 +193,20 @@ MARLIN_API marlin_status marlin_matmul(const void* A, const void* packed_b,
                                        const void* packed_scales, void* C, int m, int n, int k,
                                        int group_size, void* workspace, size_t workspace_bytes,
                                        cudaStream_t stream);
+
+/*
+ * The SwiGLU of a gated MLP fused into the multiply (no activation pass of
+ * its own): with B's n columns holding n/2 gate/up pairs in the order
+ * marlin_interleave_gate_up writes, H[m x n/2] = silu(gate) * up per feature,
+ * silu(x) = x / (1 + e^-x), computed from the fp32 sums of A . dequant(B) and
+ * rounded once to fp16.
+ *   H  device, out: m x n/2 fp16, row-major (must not overlap the inputs)
+ * Everything else as marlin_matmul (the same workspace serves both).
+ */
+MARLIN_API marlin_status marlin_matmul_swiglu(const void* A, const void* packed_b,
+                                              const void* packed_scales, void* H, int m, int n,
+                                              int k, int group_size, void* workspace,
+                                              size_t workspace_bytes, cudaStream_t stream);
 
 #ifdef __cplusplus
 }

@@ -433,6 +433,15 @@ __device__ __forceinline__ void dequantize_scaled(uint32_t word, uint32_t scale_
 
 /* ------------------------------------------------------------------ kernel -- */
 
+/* The SwiGLU epilogue (marlin_matmul_swiglu): in every 16-column group of B,
+ * columns 0-7 are gate features and columns 8-15 the up features of the same
+ * index, so whichever thread holds a gate sum also holds its up sum (every
+ * accumulator layout keeps columns c and c + 8 in one lane). Column c
+ * (c % 16 < 8) of the product becomes output column (c + c % 16) / 2. */
+__device__ __forceinline__ float silu_times(float gate, float up) { return gate / (1.0f + __expf(-gate)) * up; }
+__device__ __forceinline__ int swiglu_column(int gate_column) { return (gate_column + gate_column % 16) / 2; }
+
+
 /* A compile-time count of 8-row halves, to pick a code path by a runtime test. */
 template <int N>
 struct RowHalves {
@@ -498,7 +507,7 @@ struct TileConfig {
  * offsets worked out once per run, and all fragments of a step read before
  * the first is used). */
 template <typename Format, int M_BLOCKS, int N_TILES, int K_TILES, int STAGES, int BLOCKS_PER_SM,
-          bool WARPGROUP_MMA = false, bool EIGHT_ROWS = false>
+          bool WARPGROUP_MMA = false, bool EIGHT_ROWS = false, bool SWIGLU = false>
 __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(const __grid_constant__ KernelArgs args) {
     using Cfg = TileConfig<M_BLOCKS, N_TILES, K_TILES, STAGES, k_groups(M_BLOCKS, N_TILES, WARPGROUP_MMA)>;
     static_assert(!WARPGROUP_MMA || ((N_TILES == 4 || N_TILES == 2) && (M_BLOCKS == 2 || M_BLOCKS == 4 ||
@@ -521,6 +530,8 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
     /* EIGHT_ROWS: a variant for 1..8 rows only (transposed mma.sync): the
      * accumulators hold 8 rows, half the registers and half the epilogue. */
     static_assert(!EIGHT_ROWS || kSwappedMma, "8-row variants: mma.sync, one row block");
+    /* SWIGLU (marlin_matmul_swiglu): C is m x n/2, the epilogue stores
+     * silu(gate) * up of each column pair (see silu_times). */
     constexpr int kRowHalvesMax = EIGHT_ROWS ? 1 : 2 * M_BLOCKS;
     constexpr int kWarpsPerNTile = kWarps / N_TILES;
     constexpr int kWarpWords = kSplitColumns ? 4 / kWarpsPerNTile : 4; /* weight words per lane and k-tile */
@@ -862,7 +873,8 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
     /* End of a slice: sum the warps of each n-tile, then write C or a slot. */
     auto finish_slice = [&](int slice, bool whole_slice) {
         /* worked out here, not kept in registers through the main loop */
-        half2* C = args.C + (size_t)row0 * n / 2;
+        const int c_width = SWIGLU ? n / 2 : n; /* columns of C */
+        half2* C = args.C + (size_t)row0 * c_width / 2;
         float* partials = args.partials + (size_t)blockIdx.y * gridDim.x * 2 * Cfg::kSlotFloats;
         int* counters = args.counters + blockIdx.y * slices;
         if constexpr (WARPGROUP_MMA) {
@@ -951,30 +963,77 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
                 }
             });
         };
-        /* Vector e of the slice's tile (row e / (kBN/4), 4 columns), summed,
-         * into C unless its columns lie past n. */
+        /* The summed tile goes to C in units of 4 output columns: vector e of
+         * the tile (row e / (kBN/4), 4 columns), or with SwiGLU the gate
+         * vector of unit u and the up vector 8 columns on. sum_of(e) gives
+         * the sum of vector e; nothing is stored past n. */
         const int cols = n - n0 < Cfg::kBN ? n - n0 : Cfg::kBN; /* a multiple of 64 */
-        const int vectors = m * (Cfg::kBN / 4);
-        auto store_c_vector = [&](int e, const float4& sum) {
-            const int row = e / (Cfg::kBN / 4), col = (e % (Cfg::kBN / 4)) * 4;
-            if (col < cols) {
-                half2* out = C + ((size_t)row * n + n0 + col) / 2;
-                out[0] = __floats2half2_rn(sum.x, sum.y);
-                out[1] = __floats2half2_rn(sum.z, sum.w);
+        const int units = m * (Cfg::kBN / 4) / (SWIGLU ? 2 : 1);
+        auto store_c_unit = [&](int u, auto&& sum_of) {
+            if constexpr (!SWIGLU) {
+                const float4 sum = sum_of(u);
+                const int row = u / (Cfg::kBN / 4), col = (u % (Cfg::kBN / 4)) * 4;
+                if (col < cols) {
+                    half2* out = C + ((size_t)row * n + n0 + col) / 2;
+                    out[0] = __floats2half2_rn(sum.x, sum.y);
+                    out[1] = __floats2half2_rn(sum.z, sum.w);
+                }
+            } else {
+                const int q = u % (Cfg::kBN / 8); /* gate vectors: 2 per 16-column group */
+                const int row = u / (Cfg::kBN / 8), col = (q / 2) * 16 + (q % 2) * 4;
+                if (col >= cols) return;
+                const int e = row * (Cfg::kBN / 4) + col / 4;
+                const float4 gate = sum_of(e), up = sum_of(e + 2);
+                half2* out = C + ((size_t)row * c_width + swiglu_column(n0 + col)) / 2;
+                out[0] = __floats2half2_rn(silu_times(gate.x, up.x), silu_times(gate.y, up.y));
+                out[1] = __floats2half2_rn(silu_times(gate.z, up.z), silu_times(gate.w, up.w));
             }
         };
         if (whole_slice) {
             if (writer) {
-                half* lane_c = reinterpret_cast<half*>(C) + (size_t)lane_row * n + n0 + lane_col;
-                for_each_valid_pair([&](int row_offset, int col_offset, float x, float y, bool second) {
-                    half* out = lane_c + (size_t)row_offset * n + col_offset;
+                /* a lane's pair at `out`: along a row, or rows out and out + c_width */
+                auto store_pair = [&](half* out, float x, float y, bool second) {
                     if (kPairInRow) {
                         *reinterpret_cast<half2*>(out) = __floats2half2_rn(x, y);
                     } else {
                         out[0] = __float2half_rn(x);
-                        if (second) out[n] = __float2half_rn(y);
+                        if (second) out[c_width] = __float2half_rn(y);
                     }
-                });
+                };
+                if constexpr (SWIGLU) {
+                /* SwiGLU: this lane's pairs as for_each_valid_pair, the gate columns
+                 * only, each value silu_times(gate, up) with the up sum 8 columns on:
+                 * transposed, h = 0 holds the gate and h = 1 the up column; mma.sync
+                 * from 17 rows, 8-column block b (even) the gates and b + 1 the ups. */
+                auto for_each_valid_gate_up = [&](auto&& visit) {
+        #pragma unroll
+                    for (int i = 0; i < kAccOuter; i++)
+        #pragma unroll
+                        for (int b = 0; b < kAccInner; b++) {
+                            if constexpr (kTransposed) {
+                                if (lane_row + 8 * b < m)
+                                    visit(8 * b, 16 * i, silu_times(acc[i][b][0], acc[i][b][2]),
+                                          silu_times(acc[i][b][1], acc[i][b][3]), lane_row + 8 * b + 1 < m);
+                            } else if (b % 2 == 0 && 16 * i < m) {
+        #pragma unroll
+                                for (int h = 0; h < 2; h++)
+                                    if (lane_row + 16 * i + 8 * h < m)
+                                        visit(16 * i + 8 * h, 8 * b, silu_times(acc[i][b][2 * h], acc[i][b + 1][2 * h]),
+                                              silu_times(acc[i][b][2 * h + 1], acc[i][b + 1][2 * h + 1]), true);
+                            }
+                        }
+                };
+                    half* lane_c = reinterpret_cast<half*>(C) + (size_t)lane_row * c_width;
+                    for_each_valid_gate_up([&](int row_offset, int col_offset, float x, float y, bool second) {
+                        store_pair(lane_c + (size_t)row_offset * c_width + swiglu_column(n0 + lane_col + col_offset),
+                                   x, y, second);
+                    });
+                } else {
+                    half* lane_c = reinterpret_cast<half*>(C) + (size_t)lane_row * n + n0 + lane_col;
+                    for_each_valid_pair([&](int row_offset, int col_offset, float x, float y, bool second) {
+                        store_pair(lane_c + (size_t)row_offset * n + col_offset, x, y, second);
+                    });
+                }
             }
             return;
         }
@@ -990,15 +1049,16 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
             if (writer) store_fp32_tile(tile, [](auto* out, auto value) { *out = value; });
             cluster_sync();
             const int blocks = args.cluster_split, rank = blockIdx.x % blocks;
-            const int share_end = (rank + 1) * vectors / blocks;
-            for (int e = rank * vectors / blocks + tid; e < share_end; e += kThreads) {
-                float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-                for (int b = 0; b < blocks; b++) {
-                    const float4 v = load_cluster_float4(tile + 4 * e, b);
-                    sum.x += v.x, sum.y += v.y, sum.z += v.z, sum.w += v.w;
-                }
-                store_c_vector(e, sum);
-            }
+            const int share_end = (rank + 1) * units / blocks;
+            for (int u = rank * units / blocks + tid; u < share_end; u += kThreads)
+                store_c_unit(u, [&](int e) {
+                    float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                    for (int b = 0; b < blocks; b++) {
+                        const float4 v = load_cluster_float4(tile + 4 * e, b);
+                        sum.x += v.x, sum.y += v.y, sum.z += v.z, sum.w += v.w;
+                    }
+                    return sum;
+                });
             cluster_sync(); /* no block leaves while another still reads its tile */
             return;
         }
@@ -1034,19 +1094,21 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
          * kSlotsInFlight loads in flight (the accumulators are dead here, so
          * the registers are free). The loads go to L2 (.cg), never to L1. */
         constexpr int kSlotsInFlight = 8;
-        for (int e = tid; e < vectors; e += kThreads) {
-            float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-            for (int block0 = first_block; block0 <= last_block; block0 += kSlotsInFlight) {
-                float4 v[kSlotsInFlight];
+        for (int u = tid; u < units; u += kThreads)
+            store_c_unit(u, [&](int e) {
+                float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                for (int block0 = first_block; block0 <= last_block; block0 += kSlotsInFlight) {
+                    float4 v[kSlotsInFlight];
 #pragma unroll
-                for (int i = 0; i < kSlotsInFlight; i++)
-                    if (block0 + i <= last_block) v[i] = __ldcg(reinterpret_cast<const float4*>(slot_of(block0 + i)) + e);
+                    for (int i = 0; i < kSlotsInFlight; i++)
+                        if (block0 + i <= last_block)
+                            v[i] = __ldcg(reinterpret_cast<const float4*>(slot_of(block0 + i)) + e);
 #pragma unroll
-                for (int i = 0; i < kSlotsInFlight; i++)
-                    if (block0 + i <= last_block) sum.x += v[i].x, sum.y += v[i].y, sum.z += v[i].z, sum.w += v[i].w;
-            }
-            store_c_vector(e, sum);
-        }
+                    for (int i = 0; i < kSlotsInFlight; i++)
+                        if (block0 + i <= last_block) sum.x += v[i].x, sum.y += v[i].y, sum.z += v[i].z, sum.w += v[i].w;
+                }
+                return sum;
+            });
     };
 
     /* Pipeline: kLookahead iterations in flight ahead of the one computed:

@@ -58,7 +58,7 @@ struct KernelVariant {
     long long max_weights; /* ... and whose k * n is below this (0: any) */
     int smem_bytes;
     int slot_floats;
-    KernelFn kernel;
+    KernelFn kernels[2]; /* by epilogue: plain, SwiGLU (marlin_matmul_swiglu) */
 };
 
 template <int M_BLOCKS, int N_TILES, int K_TILES, int STAGES, int BLOCKS_PER_SM = 1, bool WARPGROUP_MMA = false,
@@ -67,8 +67,10 @@ KernelVariant make_variant(int min_n = 0, int min_rows = 16 * (M_BLOCKS - 1) + 1
     using Cfg = TileConfig<M_BLOCKS, N_TILES, K_TILES, STAGES, marlin::k_groups(M_BLOCKS, N_TILES, WARPGROUP_MMA)>;
     return {M_BLOCKS, N_TILES, K_TILES, STAGES, BLOCKS_PER_SM, WARPGROUP_MMA, min_rows, EIGHT_ROWS ? 8 : 16 * M_BLOCKS,
             min_n, max_weights, Cfg::kSmemBytes, Cfg::kSlotFloats,
-            marlin::marlin_gemm_kernel<Int4Symmetric, M_BLOCKS, N_TILES, K_TILES, STAGES, BLOCKS_PER_SM,
-                                       WARPGROUP_MMA, EIGHT_ROWS>};
+            {marlin::marlin_gemm_kernel<Int4Symmetric, M_BLOCKS, N_TILES, K_TILES, STAGES, BLOCKS_PER_SM,
+                                        WARPGROUP_MMA, EIGHT_ROWS, false>,
+             marlin::marlin_gemm_kernel<Int4Symmetric, M_BLOCKS, N_TILES, K_TILES, STAGES, BLOCKS_PER_SM,
+                                        WARPGROUP_MMA, EIGHT_ROWS, true>}};
 }
 /* 1..8 rows (mma.sync with the weights as the M operand, 8-row accumulators). */
 template <int N_TILES, int K_TILES, int STAGES, int BLOCKS_PER_SM>
@@ -175,17 +177,19 @@ marlin_status query_device(DeviceInfo* info, int* device_out) {
     return MARLIN_STATUS_SUCCESS;
 }
 
-/* Raises a kernel's dynamic shared-memory limit once per device. */
+/* Raises the dynamic shared-memory limit of a variant's kernel (epilogue 0
+ * plain, 1 SwiGLU) once per device. */
 constexpr int kVariantCount = sizeof(kVariants) / sizeof(kVariants[0]);
-unsigned char smem_limit_raised[kMaxDevices][kVariantCount];
+unsigned char smem_limit_raised[kMaxDevices][kVariantCount][2];
 
-marlin_status raise_smem_limit(const KernelVariant& v, int device) {
+marlin_status raise_smem_limit(const KernelVariant& v, int epilogue, int device) {
     int index = (int)(&v - kVariants);
-    if (device < kMaxDevices && __atomic_load_n(&smem_limit_raised[device][index], __ATOMIC_ACQUIRE))
+    if (device < kMaxDevices && __atomic_load_n(&smem_limit_raised[device][index][epilogue], __ATOMIC_ACQUIRE))
         return MARLIN_STATUS_SUCCESS;
-    if (cudaFuncSetAttribute(v.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, v.smem_bytes) != cudaSuccess)
+    if (cudaFuncSetAttribute(v.kernels[epilogue], cudaFuncAttributeMaxDynamicSharedMemorySize, v.smem_bytes) !=
+        cudaSuccess)
         return MARLIN_STATUS_CUDA_ERROR;
-    if (device < kMaxDevices) __atomic_store_n(&smem_limit_raised[device][index], 1, __ATOMIC_RELEASE);
+    if (device < kMaxDevices) __atomic_store_n(&smem_limit_raised[device][index][epilogue], 1, __ATOMIC_RELEASE);
     return MARLIN_STATUS_SUCCESS;
 }
 
@@ -273,7 +277,9 @@ cudaLaunchAttribute cluster_attribute(int split) {
 }
 
 /* Whether the device can hold a cluster of `split` blocks of variant v (its
- * shared-memory limit raised), asked once per device, variant and size. */
+ * shared-memory limit raised), asked once per device, variant and size, of
+ * the plain kernel (both epilogues take the same resources: registers capped
+ * by __launch_bounds__, the same shared memory). */
 unsigned char cluster_answers[kMaxDevices][kVariantCount][kMaxClusterSplit + 1]; /* 0 unknown, 1 yes, 2 no */
 
 bool cluster_fits(const KernelVariant& v, int split, int device) {
@@ -288,7 +294,8 @@ bool cluster_fits(const KernelVariant& v, int split, int device) {
     config.attrs = &attribute;
     config.numAttrs = 1;
     int clusters = 0;
-    const bool fits = cudaOccupancyMaxActiveClusters(&clusters, v.kernel, &config) == cudaSuccess && clusters >= 1;
+    const bool fits =
+        cudaOccupancyMaxActiveClusters(&clusters, v.kernels[0], &config) == cudaSuccess && clusters >= 1;
     if (!fits) cudaGetLastError();
     if (answer) __atomic_store_n(answer, (unsigned char)(fits ? 1 : 2), __ATOMIC_RELEASE);
     return fits;
@@ -490,9 +497,11 @@ extern "C" marlin_status marlin_workspace_size(int m, int n, int k, int group_si
     return MARLIN_STATUS_SUCCESS;
 }
 
-extern "C" marlin_status marlin_matmul(const void* A, const void* packed_b, const void* packed_scales,
-                                       void* C, int m, int n, int k, int group_size, void* workspace,
-                                       size_t workspace_bytes, cudaStream_t stream) {
+namespace {
+
+/* marlin_matmul (epilogue 0) and marlin_matmul_swiglu (1, C m x n/2). */
+marlin_status run_matmul(const void* A, const void* packed_b, const void* packed_scales, void* C, int m, int n, int k,
+                         int group_size, void* workspace, size_t workspace_bytes, cudaStream_t stream, int epilogue) {
     if (!A || !packed_b || !packed_scales || !C || !workspace) return MARLIN_STATUS_NULL_POINTER;
     marlin_status status = check_shape(m, n, k, group_size);
     if (status != MARLIN_STATUS_SUCCESS) return status;
@@ -519,7 +528,7 @@ extern "C" marlin_status marlin_matmul(const void* A, const void* packed_b, cons
         args.A = static_cast<const int4*>(A) + (size_t)row0 * k / 8;
         args.B = static_cast<const int4*>(packed_b);
         args.scales = static_cast<const int4*>(packed_scales);
-        args.C = static_cast<half2*>(C) + (size_t)row0 * n / 2;
+        args.C = static_cast<half2*>(C) + (size_t)row0 * (epilogue ? n / 2 : n) / 2;
         args.partials = partials;
         args.counters = counters;
         args.m = rows;
@@ -532,7 +541,7 @@ extern "C" marlin_status marlin_matmul(const void* A, const void* packed_b, cons
             status = encode_copy_descriptors(&args, v, group_size);
             if (status != MARLIN_STATUS_SUCCESS) return status;
         }
-        status = raise_smem_limit(v, device_index);
+        status = raise_smem_limit(v, epilogue, device_index);
         if (status != MARLIN_STATUS_SUCCESS) return status;
         if (plan.cluster_split > 1 && !cluster_fits(v, plan.cluster_split, device_index)) plan.cluster_split = 1;
         args.cluster_split = plan.cluster_split;
@@ -558,8 +567,22 @@ extern "C" marlin_status marlin_matmul(const void* A, const void* packed_b, cons
         config.stream = stream;
         config.attrs = attributes;
         config.numAttrs = attribute_count;
-        if (cudaLaunchKernelEx(&config, v.kernel, args) != cudaSuccess || cudaGetLastError() != cudaSuccess)
+        if (cudaLaunchKernelEx(&config, v.kernels[epilogue], args) != cudaSuccess || cudaGetLastError() != cudaSuccess)
             return MARLIN_STATUS_CUDA_ERROR;
     }
     return MARLIN_STATUS_SUCCESS;
+}
+
+}  // namespace
+
+extern "C" marlin_status marlin_matmul(const void* A, const void* packed_b, const void* packed_scales,
+                                       void* C, int m, int n, int k, int group_size, void* workspace,
+                                       size_t workspace_bytes, cudaStream_t stream) {
+    return run_matmul(A, packed_b, packed_scales, C, m, n, k, group_size, workspace, workspace_bytes, stream, 0);
+}
+
+extern "C" marlin_status marlin_matmul_swiglu(const void* A, const void* packed_b, const void* packed_scales,
+                                              void* H, int m, int n, int k, int group_size, void* workspace,
+                                              size_t workspace_bytes, cudaStream_t stream) {
+    return run_matmul(A, packed_b, packed_scales, H, m, n, k, group_size, workspace, workspace_bytes, stream, 1);
 }

@@ -42,6 +42,27 @@ marlin_status marlin_pack(const uint8_t* codes, const uint16_t* scales, int k, i
     return MARLIN_STATUS_SUCCESS;
 }
 
+/* Column of the interleaved order holding [gate | up] column `col` of n. */
+static int interleaved_column(int col, int n) {
+    int half = n / 2, up = col >= half, feature = up ? col - half : col;
+    return (feature / 8) * 16 + (up ? 8 : 0) + feature % 8;
+}
+
+marlin_status marlin_interleave_gate_up(const uint8_t* codes, const uint16_t* scales, int k, int n,
+                                        int group_size, uint8_t* codes_out, uint16_t* scales_out) {
+    if (!codes || !scales || !codes_out || !scales_out) return MARLIN_STATUS_NULL_POINTER;
+    marlin_status status = marlin_check_weight_shape(k, n, group_size);
+    if (status != MARLIN_STATUS_SUCCESS) return status;
+    for (int row = 0; row < k; row++)
+        for (int col = 0; col < n; col++)
+            codes_out[(size_t)row * n + interleaved_column(col, n)] = codes[(size_t)row * n + col];
+    int scale_rows = marlin_scale_rows(k, group_size);
+    for (int row = 0; row < scale_rows; row++)
+        for (int col = 0; col < n; col++)
+            scales_out[(size_t)row * n + interleaved_column(col, n)] = scales[(size_t)row * n + col];
+    return MARLIN_STATUS_SUCCESS;
+}
+
 marlin_status marlin_unpack(const uint32_t* packed_b, const uint16_t* packed_scales, int k, int n,
                             int group_size, uint8_t* codes, uint16_t* scales) {
     if (!packed_b || !packed_scales || !codes || !scales) return MARLIN_STATUS_NULL_POINTER;

@@ -1,5 +1,5 @@
 /*
- * test_api.c: every bad input of marlin_matmul / marlin_workspace_size gets
+ * test_api.c: every bad input of marlin_matmul(_swiglu) / marlin_workspace_size gets
  * its own status, and a refused call writes nothing. Runs on any machine: the
  * checks before the device query need no GPU; with a GPU present, the
  * device-dependent ones (workspace too small) are exercised too.
@@ -48,6 +48,13 @@ int main(void) {
         {"misaligned C", marlin_matmul(A, B, S, C + 1, M, N, K, 128, W, ws, 0), MARLIN_STATUS_MISALIGNED_POINTER},
         {"misaligned workspace", marlin_matmul(A, B, S, C, M, N, K, 128, W + 4, ws, 0), MARLIN_STATUS_MISALIGNED_POINTER},
         {"workspace 0 bytes", marlin_matmul(A, B, S, C, M, N, K, 128, W, 0, 0),
+         have_gpu ? MARLIN_STATUS_WORKSPACE_TOO_SMALL : MARLIN_STATUS_NO_DEVICE},
+        {"swiglu: NULL H", marlin_matmul_swiglu(A, B, S, NULL, M, N, K, 128, W, ws, 0), MARLIN_STATUS_NULL_POINTER},
+        {"swiglu: NULL B", marlin_matmul_swiglu(A, NULL, S, C, M, N, K, 128, W, ws, 0), MARLIN_STATUS_NULL_POINTER},
+        {"swiglu: n = 96", marlin_matmul_swiglu(A, B, S, C, M, 96, K, 128, W, ws, 0), MARLIN_STATUS_UNSUPPORTED_SHAPE},
+        {"swiglu: group 16", marlin_matmul_swiglu(A, B, S, C, M, N, K, 16, W, ws, 0), MARLIN_STATUS_UNSUPPORTED_GROUP_SIZE},
+        {"swiglu: misaligned H", marlin_matmul_swiglu(A, B, S, C + 1, M, N, K, 128, W, ws, 0), MARLIN_STATUS_MISALIGNED_POINTER},
+        {"swiglu: workspace 0 bytes", marlin_matmul_swiglu(A, B, S, C, M, N, K, 128, W, 0, 0),
          have_gpu ? MARLIN_STATUS_WORKSPACE_TOO_SMALL : MARLIN_STATUS_NO_DEVICE},
         {"workspace size: NULL out", marlin_workspace_size(M, N, K, 128, NULL), MARLIN_STATUS_NULL_POINTER},
         {"workspace size: k = 65", marlin_workspace_size(M, N, 65, 128, &ws), MARLIN_STATUS_UNSUPPORTED_SHAPE},

@@ -6,8 +6,11 @@
  * every call also checks that the previous one left it ready. Checks: status,
  * every element written, guards untouched, relative error < 2e-3 against
  * marlin_reference_matmul (all rows up to 64, else a sample of rows), and a
- * second run bitwise identical. `--quick` runs a few small cases (for
- * compute-sanitizer). Prints "SKIPPED: no CUDA device" without a GPU.
+ * second run bitwise identical. marlin_matmul_swiglu likewise, its weights
+ * drawn as a [gate | up] pair and reordered by marlin_interleave_gate_up, its
+ * output checked against silu(gate) * up of the reference of the plain pair
+ * (in double). `--quick` runs a few small cases (for compute-sanitizer).
+ * Prints "SKIPPED: no CUDA device" without a GPU.
  */
 #include <cuda_runtime_api.h>
 
@@ -28,31 +31,41 @@ static int cuda_ok(cudaError_t err, const char* what, int line) {
 
 typedef struct {
     int k, n, group;
-    uint32_t* packed;         /* host, k*n/8 */
+    int swiglu;               /* the device copy is the interleaved [gate | up] pair, for marlin_matmul_swiglu */
+    uint32_t* packed;         /* host, k*n/8: the reference's weights (plain [gate | up] order) */
     uint16_t* packed_scales;  /* host, ceil(k/g) x n */
-    void* d_packed;
+    void* d_packed;           /* device: the kernel's (interleaved where swiglu) */
     void* d_scales;
 } weight_set;
 
 static void* d_workspace;
 static size_t workspace_bytes;
 
-static int make_weights(weight_set* w, int k, int n, int group) {
-    size_t count = (size_t)k * n;
+static int make_weights(weight_set* w, int k, int n, int group, int swiglu) {
+    size_t count = (size_t)k * n, scale_bytes = marlin_scale_bytes(k, n, group);
     int scale_rows = marlin_scale_rows(k, group);
     uint8_t* codes = malloc(count);
-    uint16_t* scales = malloc((size_t)scale_rows * n * 2);
-    w->k = k, w->n = n, w->group = group;
+    uint16_t* scales = malloc(scale_bytes);
+    uint8_t* kernel_codes = swiglu ? malloc(count) : codes;
+    uint16_t* kernel_scales = swiglu ? malloc(scale_bytes) : scales;
+    uint32_t* kernel_packed = swiglu ? malloc(count / 2) : NULL;
+    uint16_t* kernel_packed_scales = swiglu ? malloc(scale_bytes) : NULL;
+    w->k = k, w->n = n, w->group = group, w->swiglu = swiglu;
     w->packed = malloc(count / 2);
-    w->packed_scales = malloc((size_t)scale_rows * n * 2);
+    w->packed_scales = malloc(scale_bytes);
     for (size_t i = 0; i < count; i++) codes[i] = (uint8_t)(test_rand_u64() & 15);
     for (size_t i = 0; i < (size_t)scale_rows * n; i++)
         scales[i] = marlin_fp16_from_float(0.002f + 0.01f * (test_rand_uniform() + 1.0f));
-    int ok = marlin_pack(codes, scales, k, n, group, w->packed, w->packed_scales) == MARLIN_STATUS_SUCCESS &&
-             CUDA_OK(cudaMalloc(&w->d_packed, count / 2)) &&
-             CUDA_OK(cudaMalloc(&w->d_scales, (size_t)scale_rows * n * 2)) &&
-             CUDA_OK(cudaMemcpy(w->d_packed, w->packed, count / 2, cudaMemcpyHostToDevice)) &&
-             CUDA_OK(cudaMemcpy(w->d_scales, w->packed_scales, (size_t)scale_rows * n * 2, cudaMemcpyHostToDevice));
+    int ok = marlin_pack(codes, scales, k, n, group, w->packed, w->packed_scales) == MARLIN_STATUS_SUCCESS;
+    if (ok && swiglu)
+        ok = marlin_interleave_gate_up(codes, scales, k, n, group, kernel_codes, kernel_scales) == MARLIN_STATUS_SUCCESS &&
+             marlin_pack(kernel_codes, kernel_scales, k, n, group, kernel_packed, kernel_packed_scales) ==
+                 MARLIN_STATUS_SUCCESS;
+    ok = ok && CUDA_OK(cudaMalloc(&w->d_packed, count / 2)) && CUDA_OK(cudaMalloc(&w->d_scales, scale_bytes)) &&
+         CUDA_OK(cudaMemcpy(w->d_packed, swiglu ? kernel_packed : w->packed, count / 2, cudaMemcpyHostToDevice)) &&
+         CUDA_OK(cudaMemcpy(w->d_scales, swiglu ? kernel_packed_scales : w->packed_scales, scale_bytes,
+                            cudaMemcpyHostToDevice));
+    if (swiglu) free(kernel_codes), free(kernel_scales), free(kernel_packed), free(kernel_packed_scales);
     free(codes), free(scales);
     return ok;
 }
@@ -72,23 +85,26 @@ static int ensure_workspace(int m, int n, int k, int group) {
     return CUDA_OK(cudaMalloc(&d_workspace, need)) && CUDA_OK(cudaMemset(d_workspace, 0, need));
 }
 
-/* One call of marlin_matmul into a poisoned, guarded C; copies C back. */
+/* One call of marlin_matmul (or marlin_matmul_swiglu) into a poisoned, guarded C; copies C back. */
 static marlin_status run_once(const weight_set* w, const void* d_A, unsigned char* d_C_alloc, int m,
                               unsigned char* host_C_alloc, size_t c_bytes) {
     if (!CUDA_OK(cudaMemset(d_C_alloc, GUARD_BYTE, c_bytes + 2 * GUARD_BYTES)) ||
         !CUDA_OK(cudaMemset(d_C_alloc + GUARD_BYTES, POISON_BYTE, c_bytes)))
         return MARLIN_STATUS_CUDA_ERROR;
-    marlin_status st = marlin_matmul(d_A, w->d_packed, w->d_scales, d_C_alloc + GUARD_BYTES, m, w->n, w->k,
-                                     w->group, d_workspace, workspace_bytes, 0);
+    marlin_status st = (w->swiglu ? marlin_matmul_swiglu : marlin_matmul)(
+        d_A, w->d_packed, w->d_scales, d_C_alloc + GUARD_BYTES, m, w->n, w->k, w->group, d_workspace, workspace_bytes, 0);
     if (!CUDA_OK(cudaDeviceSynchronize()) ||
         !CUDA_OK(cudaMemcpy(host_C_alloc, d_C_alloc, c_bytes + 2 * GUARD_BYTES, cudaMemcpyDeviceToHost)))
         return MARLIN_STATUS_CUDA_ERROR;
     return st;
 }
 
+/* silu(gate) * up in double, as marlin_matmul_swiglu defines it */
+static double swiglu_reference(double gate, double up) { return gate / (1.0 + exp(-gate)) * up; }
+
 static void run_case(const weight_set* w, int m) {
-    const int k = w->k, n = w->n;
-    size_t a_bytes = (size_t)m * k * 2, c_bytes = (size_t)m * n * 2;
+    const int k = w->k, n = w->n, c_cols = w->swiglu ? n / 2 : n;
+    size_t a_bytes = (size_t)m * k * 2, c_bytes = (size_t)m * c_cols * 2;
     uint16_t* A = malloc(a_bytes);
     unsigned char* C1 = malloc(c_bytes + 2 * GUARD_BYTES);
     unsigned char* C2 = malloc(c_bytes + 2 * GUARD_BYTES);
@@ -109,7 +125,7 @@ static void run_case(const weight_set* w, int m) {
         if (C1[i] != GUARD_BYTE || C1[GUARD_BYTES + c_bytes + i] != GUARD_BYTE) guards_ok = 0;
     const uint16_t* out = (const uint16_t*)(C1 + GUARD_BYTES);
     size_t unwritten = 0;
-    for (size_t i = 0; i < (size_t)m * n; i++)
+    for (size_t i = 0; i < (size_t)m * c_cols; i++)
         if (out[i] == 0xFFFF) unwritten++;
     int identical = memcmp(C1, C2, c_bytes + 2 * GUARD_BYTES) == 0;
 
@@ -130,17 +146,18 @@ static void run_case(const weight_set* w, int m) {
         marlin_reference_matmul(A_rows, w->packed, w->packed_scales, row_count, n, k, w->group, C_ref);
     double diff2 = 0.0, ref2 = 0.0;
     for (int r = 0; r < row_count; r++)
-        for (int col = 0; col < n; col++) {
-            double ref = C_ref[(size_t)r * n + col];
-            double got = marlin_fp16_to_float(out[(size_t)rows[r] * n + col]);
+        for (int col = 0; col < c_cols; col++) {
+            const float* ref_row = C_ref + (size_t)r * n;
+            double ref = w->swiglu ? swiglu_reference(ref_row[col], ref_row[n / 2 + col]) : ref_row[col];
+            double got = marlin_fp16_to_float(out[(size_t)rows[r] * c_cols + col]);
             diff2 += (got - ref) * (got - ref);
             ref2 += ref * ref;
         }
     double rel = sqrt(diff2 / ref2);
     int ok = st1 == MARLIN_STATUS_SUCCESS && st2 == MARLIN_STATUS_SUCCESS && st_ref == MARLIN_STATUS_SUCCESS &&
              guards_ok && unwritten == 0 && identical && rel < 2e-3;
-    test_check(ok, "m=%d k=%d n=%d g=%d: status \"%s\", rel err %.2e over %d rows, unwritten %zu, guards %s, %s",
-               m, k, n, w->group, marlin_status_string(st1), rel, row_count, unwritten, guards_ok ? "ok" : "HIT",
+    test_check(ok, "%sm=%d k=%d n=%d g=%d: status \"%s\", rel err %.2e over %d rows, unwritten %zu, guards %s, %s",
+               w->swiglu ? "swiglu " : "", m, k, n, w->group, marlin_status_string(st1), rel, row_count, unwritten, guards_ok ? "ok" : "HIT",
                identical ? "bitwise identical" : "RUNS DIFFER");
     free(A_rows), free(C_ref);
 done:
@@ -166,10 +183,10 @@ static void test_refused_call_writes_nothing(const weight_set* w) {
     cudaFree(d_A), cudaFree(d_C);
 }
 
-static void run_shape(int k, int n, int group, const int* ms, int m_count) {
+static void run_shape(int k, int n, int group, const int* ms, int m_count, int swiglu) {
     weight_set w;
-    if (!make_weights(&w, k, n, group)) {
-        test_check(0, "k=%d n=%d g=%d: weight setup failed", k, n, group);
+    if (!make_weights(&w, k, n, group, swiglu)) {
+        test_check(0, "%sk=%d n=%d g=%d: weight setup failed", swiglu ? "swiglu " : "", k, n, group);
         return;
     }
     for (int i = 0; i < m_count; i++) run_case(&w, ms[i]);
@@ -199,31 +216,43 @@ int main(int argc, char** argv) {
 
     if (quick) {
         static const int quick_m[] = {1, 17, 65, 100};
-        run_shape(576, 192, 128, quick_m, 4);
-        run_shape(128, 320, 32, quick_m, 4);
-        run_shape(192, 128, 192, quick_m, 4);
+        run_shape(576, 192, 128, quick_m, 4, 0);
+        run_shape(128, 320, 32, quick_m, 4, 0);
+        run_shape(192, 128, 192, quick_m, 4, 0);
+        run_shape(576, 192, 128, quick_m, 4, 1);
+        run_shape(128, 320, 32, quick_m, 4, 1);
         return test_finish();
     }
     weight_set refusal;
-    if (make_weights(&refusal, 576, 192, 128)) {
+    if (make_weights(&refusal, 576, 192, 128, 0)) {
         ensure_workspace(5, 192, 576, 128);
         test_refused_call_writes_nothing(&refusal);
         free_weights(&refusal);
     }
     for (int s = 0; s < 4; s++) {
         int k = small_shapes[s][0], n = small_shapes[s][1];
-        run_shape(k, n, 128, all_m, n_all);
-        run_shape(k, n, 32, some_m, n_some);
-        run_shape(k, n, 64, some_m, n_some);
-        run_shape(k, n, k, some_m, n_some);
+        run_shape(k, n, 128, all_m, n_all, 0);
+        run_shape(k, n, 32, some_m, n_some, 0);
+        run_shape(k, n, 64, some_m, n_some, 0);
+        run_shape(k, n, k, some_m, n_some, 0);
+    }
+    /* SwiGLU: every epilogue path (whole slices at k = 128, clusters on tiny
+     * layers, slots), partial tiles (n = 192, 320), every group kind */
+    const int swiglu_shapes[][2] = {{576, 1536}, {576, 192}, {128, 1024}, {128, 320}, {1536, 1152}};
+    for (int s = 0; s < 5; s++) {
+        int k = swiglu_shapes[s][0], n = swiglu_shapes[s][1];
+        run_shape(k, n, 128, all_m, n_all, 1);
+        run_shape(k, n, 32, few_m, 2, 1);
+        run_shape(k, n, k, few_m, 2, 1);
     }
     for (int s = 0; s < 4; s++) {
         int k = big_shapes[s][0], n = big_shapes[s][1];
-        run_shape(k, n, 128, big_m, sizeof big_m / sizeof big_m[0]);
-        run_shape(k, n, 32, few_m, 2);
-        run_shape(k, n, 64, few_m, 2);
-        run_shape(k, n, k, few_m, 2);
+        run_shape(k, n, 128, big_m, sizeof big_m / sizeof big_m[0], 0);
+        run_shape(k, n, 32, few_m, 2, 0);
+        run_shape(k, n, 64, few_m, 2, 0);
+        run_shape(k, n, k, few_m, 2, 0);
     }
+    run_shape(4096, 22016, 128, big_m, sizeof big_m / sizeof big_m[0], 1); /* llama2-7b's gate/up */
     cudaFree(d_workspace);
     return test_finish();
 }

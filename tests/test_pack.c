@@ -135,6 +135,36 @@ static void test_fake_quantized_and_rtn(void) {
     }
 }
 
+/* marlin_interleave_gate_up against its definition, written out naively:
+ * column 16t + s holds gate feature 8t + s (s < 8), column 16t + 8 + s up
+ * feature 8t + s; every output element written once (poisoned before). */
+static void test_interleave_gate_up(void) {
+    for (int trial = 0; trial < 6; trial++) {
+        int k = 64 * (1 + test_rand_int(4)), n = 64 * (1 + test_rand_int(5));
+        int group = kGroupChoices[trial % 4] < 0 ? k : kGroupChoices[trial % 4];
+        int scale_rows = marlin_scale_rows(k, group);
+        uint8_t* codes = malloc((size_t)k * n);
+        uint8_t* codes_out = malloc((size_t)k * n);
+        uint16_t* scales = malloc((size_t)scale_rows * n * 2);
+        uint16_t* scales_out = malloc((size_t)scale_rows * n * 2);
+        random_codes_and_scales(codes, scales, k, n, group);
+        memset(codes_out, 0xEE, (size_t)k * n);
+        memset(scales_out, 0xEE, (size_t)scale_rows * n * 2);
+        marlin_status st = marlin_interleave_gate_up(codes, scales, k, n, group, codes_out, scales_out);
+        size_t wrong = 0;
+        for (int col = 0; col < n; col++) {
+            int t = col / 16, s = col % 16;
+            int source = s < 8 ? 8 * t + s : n / 2 + 8 * t + (s - 8);
+            for (int row = 0; row < k; row++) wrong += codes_out[(size_t)row * n + col] != codes[(size_t)row * n + source];
+            for (int row = 0; row < scale_rows; row++)
+                wrong += scales_out[(size_t)row * n + col] != scales[(size_t)row * n + source];
+        }
+        test_check(st == MARLIN_STATUS_SUCCESS && wrong == 0, "interleave gate/up k=%d n=%d g=%d: %zu elements wrong",
+                   k, n, group, wrong);
+        free(codes), free(codes_out), free(scales), free(scales_out);
+    }
+}
+
 static void test_bad_inputs(void) {
     enum { K = 128, N = 64 };
     static uint8_t codes[K * N];
@@ -174,6 +204,17 @@ static void test_bad_inputs(void) {
     for (int i = 0; i < K * N; i++) fake[i] = marlin_fp16_from_float(0.01f);
     test_check(marlin_codes_from_fake_quantized(fake, scales, N, K, 32, codes) == MARLIN_STATUS_INVALID_VALUE && codes[K * N - 1] == 3,
                "fake-quantized: zero scale -> INVALID_VALUE, codes untouched");
+    static uint8_t codes_out[K * N];
+    memset(codes_out, 0xA5, sizeof codes_out);
+    test_check(marlin_interleave_gate_up(codes, NULL, K, N, 32, codes_out, out_scales) == MARLIN_STATUS_NULL_POINTER &&
+                   codes_out[0] == 0xA5 && UNTOUCHED(),
+               "interleave: NULL scales -> NULL_POINTER, outputs untouched");
+    test_check(marlin_interleave_gate_up(codes, scales, K, 96, 32, codes_out, out_scales) == MARLIN_STATUS_UNSUPPORTED_SHAPE &&
+                   codes_out[0] == 0xA5 && UNTOUCHED(),
+               "interleave: n=96 -> UNSUPPORTED_SHAPE, outputs untouched");
+    test_check(marlin_interleave_gate_up(codes, scales, K, N, 48, codes_out, out_scales) ==
+                       MARLIN_STATUS_UNSUPPORTED_GROUP_SIZE && codes_out[0] == 0xA5 && UNTOUCHED(),
+               "interleave: g=48 -> UNSUPPORTED_GROUP_SIZE, outputs untouched");
     test_check(marlin_unpack(packed, NULL, K, N, 32, codes, out_scales) == MARLIN_STATUS_NULL_POINTER,
                "unpack: NULL scales -> NULL_POINTER");
     test_check(marlin_scale_rows(576, 128) == 5 && marlin_scale_bytes(576, 64, 128) == 640 &&
@@ -192,6 +233,7 @@ int main(void) {
     test_fp16();
     test_layout_and_round_trip();
     test_fake_quantized_and_rtn();
+    test_interleave_gate_up();
     test_bad_inputs();
     return test_finish();
 }

@@ -8,21 +8,25 @@
  *   KV cache          fp16, layers x max_seqs x max_ctx x kv_dim (keys already rotated)
  *   dense weights     fp16 n x k (torch layout), multiplied by cublasGemmEx with
  *                     op(A) = transpose, so no re-layout is needed
- *   int4 weights      marlin_pack's output, multiplied by marlin_matmul
+ *   int4 weights      marlin_pack's output, multiplied by marlin_matmul; gate/up
+ *                     with its columns interleaved (marlin_interleave_gate_up) and
+ *                     multiplied by marlin_matmul_swiglu, which writes the SwiGLU
  * A decode step should cost little more than reading the weights once, so
  * the small kernels are shaped for few rows (see docs/llama.md, "Where a
  * decode step's time goes"): per layer of a decode step 8 launches (qkv
  * GEMM, attention with RoPE and the cache write, out GEMM, residual add
  * fused with the next RMSNorm, gate_up GEMM, SwiGLU, down GEMM, residual add
- * + RMSNorm; prompts add a cache write before attention); each is shaped to
+ * + RMSNorm; 7 with int4 weights, whose gate_up GEMM ends in the SwiGLU;
+ * prompts add a cache write before attention); each is shaped to
  * need few dependent round trips to memory, which is what it costs at batch
  * 1: the norm keeps its row in registers between its one load and one store,
  * attention spreads each (head, row) over 32 warps that load the keys and
  * values of 256 positions (head_dim 128) in one round, with a running
  * softmax per warp, and SwiGLU moves 16 bytes per access; RoPE angles come
  * from a table built once; on sm_90+ the small kernels launch with
- * programmatic dependent launch, as Marlin does, so each one's launch
- * overlaps the previous kernel's tail; no allocation, memset or
+ * programmatic dependent launch, as Marlin does, and let the next kernel
+ * launch before they wait (begin_dependent_kernel), so each launch overlaps
+ * the previous kernels' tails; no allocation, memset or
  * synchronization inside a step (one pinned copy of the row ids in, one
  * stream synchronization at the end).
  */
@@ -62,6 +66,8 @@ struct gpu_linear {
     __half* weight = nullptr;          // dense: n x k fp16
     void* packed_b = nullptr;          // int4: k*n/8 uint32
     void* packed_scales = nullptr;     // int4: ceil(k/g) x n fp16
+    // int4 gate/up: columns in marlin_interleave_gate_up's order, multiplied by
+    // marlin_matmul_swiglu (the SwiGLU fused into the multiply)
 };
 
 struct gpu_layer {
@@ -618,6 +624,35 @@ int upload_linear(gpu_linear* g, const llama_linear* l, char* error, size_t erro
     return 0;
 }
 
+/* An int4 gate/up pair reordered for marlin_matmul_swiglu on the way up
+ * (unpacked, interleaved, packed again); dense layers as upload_linear. */
+int upload_gate_up(gpu_linear* g, const llama_linear* l, char* error, size_t error_bytes) {
+    if (!l->group_size) return upload_linear(g, l, error, error_bytes);
+    llama_linear interleaved = *l;
+    size_t codes_bytes = (size_t)l->k * l->n, scale_bytes = marlin_scale_bytes(l->k, l->n, l->group_size);
+    uint8_t* codes = (uint8_t*)malloc(codes_bytes);
+    uint8_t* codes_out = (uint8_t*)malloc(codes_bytes);
+    uint16_t* scales = (uint16_t*)malloc(scale_bytes);
+    uint16_t* scales_out = (uint16_t*)malloc(scale_bytes);
+    interleaved.packed_b = (uint32_t*)malloc(marlin_packed_weight_bytes(l->k, l->n));
+    interleaved.packed_scales = (uint16_t*)malloc(scale_bytes);
+    marlin_status s = MARLIN_STATUS_OUT_OF_MEMORY;
+    if (codes && codes_out && scales && scales_out && interleaved.packed_b && interleaved.packed_scales) {
+        s = marlin_unpack(l->packed_b, l->packed_scales, l->k, l->n, l->group_size, codes, scales);
+        if (s == MARLIN_STATUS_SUCCESS)
+            s = marlin_interleave_gate_up(codes, scales, l->k, l->n, l->group_size, codes_out, scales_out);
+        if (s == MARLIN_STATUS_SUCCESS)
+            s = marlin_pack(codes_out, scales_out, l->k, l->n, l->group_size, interleaved.packed_b,
+                            interleaved.packed_scales);
+    }
+    int rc = s == MARLIN_STATUS_SUCCESS ? upload_linear(g, &interleaved, error, error_bytes) : -1;
+    if (s != MARLIN_STATUS_SUCCESS)
+        set_error(error, error_bytes, "gate/up %d x %d for marlin_matmul_swiglu: %s", l->n, l->k, marlin_status_string(s));
+    free(codes), free(codes_out), free(scales), free(scales_out);
+    free(interleaved.packed_b), free(interleaved.packed_scales);
+    return rc;
+}
+
 size_t linear_bytes(const gpu_linear& g) {
     if (!g.group_size) return (size_t)g.n * g.k * 2;
     return marlin_packed_weight_bytes(g.k, g.n) + marlin_scale_bytes(g.k, g.n, g.group_size);
@@ -629,14 +664,17 @@ void free_linear(gpu_linear* g) {
     cudaFree(g->packed_scales);
 }
 
-/* Y[m x n] = X[m x k] . W^T with the layer's own format. */
-int run_linear(llama_gpu* gpu, const gpu_linear& l, const __half* X, __half* Y, int m, char* error,
+/* Y[m x n] = X[m x k] . W^T with the layer's own format; with `swiglu`
+ * (int4 gate/up only, see gpu_linear) Y[m x n/2] = SwiGLU of it. */
+int run_linear(llama_gpu* gpu, const gpu_linear& l, const __half* X, __half* Y, int m, int swiglu, char* error,
                size_t error_bytes) {
     if (l.group_size) {
-        marlin_status s = marlin_matmul(X, l.packed_b, l.packed_scales, Y, m, l.n, l.k, l.group_size, gpu->workspace,
-                                        gpu->workspace_bytes, gpu->stream);
+        marlin_status s = (swiglu ? marlin_matmul_swiglu : marlin_matmul)(
+            X, l.packed_b, l.packed_scales, Y, m, l.n, l.k, l.group_size, gpu->workspace, gpu->workspace_bytes,
+            gpu->stream);
         if (s != MARLIN_STATUS_SUCCESS) {
-            set_error(error, error_bytes, "marlin_matmul (m %d, n %d, k %d, group %d): %s", m, l.n, l.k, l.group_size,
+            set_error(error, error_bytes, "%s (m %d, n %d, k %d, group %d): %s",
+                      swiglu ? "marlin_matmul_swiglu" : "marlin_matmul", m, l.n, l.k, l.group_size,
                       marlin_status_string(s));
             return -1;
         }
@@ -832,7 +870,7 @@ static int upload_model(llama_gpu* gpu, const llama_model* model, char* error, s
         if (upload_float(&G.attn_norm, L.attn_norm, c.dim, error, error_bytes) ||
             upload_float(&G.ffn_norm, L.ffn_norm, c.dim, error, error_bytes) ||
             upload_linear(&G.qkv, &L.qkv, error, error_bytes) || upload_linear(&G.out, &L.out, error, error_bytes) ||
-            upload_linear(&G.gate_up, &L.gate_up, error, error_bytes) ||
+            upload_gate_up(&G.gate_up, &L.gate_up, error, error_bytes) ||
             upload_linear(&G.down, &L.down, error, error_bytes))
             return -1;
     }
@@ -944,7 +982,7 @@ static int enqueue_forward(llama_gpu* gpu, int n_rows, int distinct, char* error
     for (int l = 0; l < c.n_layers; l++) {
         const gpu_layer& L = gpu->layers[l];
         /* xn holds attn_norm(x) here */
-        if (run_linear(gpu, L.qkv, gpu->xn, gpu->qkv, n_rows, error, error_bytes)) return -1;
+        if (run_linear(gpu, L.qkv, gpu->xn, gpu->qkv, n_rows, 0, error, error_bytes)) return -1;
         if (full) {
             if (!distinct &&
                 launch(gpu, "cache_write_kernel", cache_write_kernel, n_rows, kThreads, 0, error, error_bytes,
@@ -953,11 +991,15 @@ static int enqueue_forward(llama_gpu* gpu, int n_rows, int distinct, char* error
                 return -1;
             if (launch_attention(gpu, l, distinct, n_rows, error, error_bytes)) return -1;
         }
-        if (run_linear(gpu, L.out, gpu->attn, gpu->proj, n_rows, error, error_bytes)) return -1;
+        if (run_linear(gpu, L.out, gpu->attn, gpu->proj, n_rows, 0, error, error_bytes)) return -1;
         if (full && launch_norm(gpu, gpu->proj, L.ffn_norm, n_rows, error, error_bytes)) return -1;
-        if (run_linear(gpu, L.gate_up, gpu->xn, gpu->gate_up, n_rows, error, error_bytes)) return -1;
-        if (full && launch_swiglu(gpu, n_rows, error, error_bytes)) return -1;
-        if (run_linear(gpu, L.down, gpu->hidden, gpu->proj, n_rows, error, error_bytes)) return -1;
+        if (L.gate_up.group_size) { /* int4: the SwiGLU fused into the multiply */
+            if (run_linear(gpu, L.gate_up, gpu->xn, gpu->hidden, n_rows, 1, error, error_bytes)) return -1;
+        } else {
+            if (run_linear(gpu, L.gate_up, gpu->xn, gpu->gate_up, n_rows, 0, error, error_bytes)) return -1;
+            if (full && launch_swiglu(gpu, n_rows, error, error_bytes)) return -1;
+        }
+        if (run_linear(gpu, L.down, gpu->hidden, gpu->proj, n_rows, 0, error, error_bytes)) return -1;
         /* the residual add, then the next layer's attention norm (or the output norm) */
         const float* next_norm = l + 1 < c.n_layers ? gpu->layers[l + 1].attn_norm : gpu->output_norm;
         if (full && launch_norm(gpu, gpu->proj, next_norm, n_rows, error, error_bytes)) return -1;
