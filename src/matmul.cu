@@ -193,8 +193,10 @@ marlin_status raise_smem_limit(const KernelVariant& v, int epilogue, int device)
     return MARLIN_STATUS_SUCCESS;
 }
 
-/* Picks the variant and the striped grid for `rows` (1..128) rows of A. */
-marlin_status plan_launch(int rows, int n, int k, const DeviceInfo& device, LaunchPlan* plan) {
+/* Picks the variant and the striped grid for `rows` (1..128) rows of A,
+ * slices cut at most max_split ways in cluster mode. */
+marlin_status plan_launch(int rows, int n, int k, const DeviceInfo& device, LaunchPlan* plan,
+                          int max_split = kMaxClusterSplit) {
     /* Whether v can run this launch on this device, and (measured rules)
      * whether it should. */
     auto can_run = [&](const KernelVariant& v) {
@@ -253,7 +255,7 @@ marlin_status plan_launch(int rows, int n, int k, const DeviceInfo& device, Laun
      * fast or faster (llama2-7b m = 1: 63 vs 84 us; llama3-8b down at
      * m = 128, cut 4 ways: 44.5 vs 63.6 us). */
     int split = block_slots / slices;
-    if (split > kMaxClusterSplit) split = kMaxClusterSplit;
+    if (split > max_split) split = max_split;
     if (split > k_iters / kMinClusterIters) split = k_iters / kMinClusterIters;
     bool use_cluster = ((rows > kMaxChunkRows / 2 && split == 2) || 4 * plan->grid <= block_slots) &&
                        slices * split >= plan->grid;
@@ -359,13 +361,16 @@ int chunk_blocks(const LaunchPlan& plan) {
  * chunk_rows rows each, the chunks of a launch side by side (gridDim.y). */
 struct RowSplit {
     int chunk_rows;
-    int chunks; /* per launch */
+    int chunks;    /* per launch */
+    int max_split; /* cluster mode: slices cut at most this many ways (see plan_launch) */
 };
 
 /* One chunk per launch, of 128 rows where a variant serves 128 rows (warpgroup
  * MMA), else 64; but layers under kTinyLayer weights, which one chunk leaves
  * mostly idle (smollm2's: 9-27 blocks), run 16-row chunks side by side, as
- * many per launch as the device holds at once. */
+ * many per launch as the device holds at once; where that takes more than
+ * one launch, their slices are cut fewer ways in cluster mode if that holds
+ * every chunk in one launch. */
 marlin_status split_rows(int m, int n, int k, const DeviceInfo& device, RowSplit* split) {
     LaunchPlan plan;
     split->chunk_rows = plan_launch(kMaxChunkRows, n, k, device, &plan) == MARLIN_STATUS_SUCCESS &&
@@ -373,11 +378,20 @@ marlin_status split_rows(int m, int n, int k, const DeviceInfo& device, RowSplit
                             ? kMaxChunkRows
                             : kMaxChunkRows / 2;
     split->chunks = 1;
+    split->max_split = kMaxClusterSplit;
     if (m > 16 && (long long)k * n < kTinyLayer) {
         marlin_status status = plan_launch(16, n, k, device, &plan);
         if (status != MARLIN_STATUS_SUCCESS) return status;
+        auto chunks_that_fit = [&](const LaunchPlan& p) {
+            return device.sm_count * p.variant->blocks_per_sm / chunk_blocks(p);
+        };
         int chunks = (m + 15) / 16;
-        const int fit = device.sm_count * plan.variant->blocks_per_sm / chunk_blocks(plan);
+        for (int cap = plan.cluster_split - 1; chunks_that_fit(plan) < chunks && cap >= 1; cap--) {
+            LaunchPlan fewer;
+            if (plan_launch(16, n, k, device, &fewer, cap) != MARLIN_STATUS_SUCCESS) break;
+            if (chunks_that_fit(fewer) >= chunks) plan = fewer, split->max_split = cap;
+        }
+        const int fit = chunks_that_fit(plan);
         if (chunks > fit) chunks = fit;
         if (chunks > kCounterCount / plan.slices) chunks = kCounterCount / plan.slices;
         if (chunks >= 2) split->chunk_rows = 16, split->chunks = chunks;
@@ -411,7 +425,8 @@ marlin_status plan_call(int m, int n, int k, const DeviceInfo& device, CallPlan*
             call->rest = call->full;
             continue;
         }
-        status = plan_launch(rows < split.chunk_rows ? rows : split.chunk_rows, n, k, device, plans[i]);
+        status = plan_launch(rows < split.chunk_rows ? rows : split.chunk_rows, n, k, device, plans[i],
+                             split.max_split);
         if (status != MARLIN_STATUS_SUCCESS) return status;
         const size_t chunks = (size_t)(rows + split.chunk_rows - 1) / split.chunk_rows;
         const size_t need = sizeof(float) * 2 * chunks * (size_t)plans[i]->grid * (size_t)plans[i]->variant->slot_floats;
