@@ -441,7 +441,6 @@ __device__ __forceinline__ void dequantize_scaled(uint32_t word, uint32_t scale_
 __device__ __forceinline__ float silu_times(float gate, float up) { return gate / (1.0f + __expf(-gate)) * up; }
 __device__ __forceinline__ int swiglu_column(int gate_column) { return (gate_column + gate_column % 16) / 2; }
 
-
 /* A compile-time count of 8-row halves, to pick a code path by a runtime test. */
 template <int N>
 struct RowHalves {
@@ -1001,28 +1000,30 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
                     }
                 };
                 if constexpr (SWIGLU) {
-                /* SwiGLU: this lane's pairs as for_each_valid_pair, the gate columns
-                 * only, each value silu_times(gate, up) with the up sum 8 columns on:
-                 * transposed, h = 0 holds the gate and h = 1 the up column; mma.sync
-                 * from 17 rows, 8-column block b (even) the gates and b + 1 the ups. */
-                auto for_each_valid_gate_up = [&](auto&& visit) {
-        #pragma unroll
-                    for (int i = 0; i < kAccOuter; i++)
-        #pragma unroll
-                        for (int b = 0; b < kAccInner; b++) {
-                            if constexpr (kTransposed) {
-                                if (lane_row + 8 * b < m)
-                                    visit(8 * b, 16 * i, silu_times(acc[i][b][0], acc[i][b][2]),
-                                          silu_times(acc[i][b][1], acc[i][b][3]), lane_row + 8 * b + 1 < m);
-                            } else if (b % 2 == 0 && 16 * i < m) {
-        #pragma unroll
-                                for (int h = 0; h < 2; h++)
-                                    if (lane_row + 16 * i + 8 * h < m)
-                                        visit(16 * i + 8 * h, 8 * b, silu_times(acc[i][b][2 * h], acc[i][b + 1][2 * h]),
-                                              silu_times(acc[i][b][2 * h + 1], acc[i][b + 1][2 * h + 1]), true);
+                    /* this lane's pairs as for_each_valid_pair, gate columns
+                     * only, each value silu_times(gate, up) with the up sum 8
+                     * columns on: transposed, h = 0 holds the gate and h = 1
+                     * the up column; mma.sync from 17 rows, 8-column block b
+                     * (even) the gates and b + 1 the ups */
+                    auto for_each_valid_gate_up = [&](auto&& visit) {
+#pragma unroll
+                        for (int i = 0; i < kAccOuter; i++)
+#pragma unroll
+                            for (int b = 0; b < kAccInner; b++) {
+                                if constexpr (kTransposed) {
+                                    if (lane_row + 8 * b < m)
+                                        visit(8 * b, 16 * i, silu_times(acc[i][b][0], acc[i][b][2]),
+                                              silu_times(acc[i][b][1], acc[i][b][3]), lane_row + 8 * b + 1 < m);
+                                } else if (b % 2 == 0 && 16 * i < m) {
+#pragma unroll
+                                    for (int h = 0; h < 2; h++)
+                                        if (lane_row + 16 * i + 8 * h < m)
+                                            visit(16 * i + 8 * h, 8 * b,
+                                                  silu_times(acc[i][b][2 * h], acc[i][b + 1][2 * h]),
+                                                  silu_times(acc[i][b][2 * h + 1], acc[i][b + 1][2 * h + 1]), true);
+                                }
                             }
-                        }
-                };
+                    };
                     half* lane_c = reinterpret_cast<half*>(C) + (size_t)lane_row * c_width;
                     for_each_valid_gate_up([&](int row_offset, int col_offset, float x, float y, bool second) {
                         store_pair(lane_c + (size_t)row_offset * c_width + swiglu_column(n0 + lane_col + col_offset),
