@@ -1,8 +1,9 @@
 /*
- * matmul.cu: the host side of marlin_matmul: argument checks, the table of
- * kernel variants, the choice of variant and grid for a shape, the workspace
- * layout, the copy-engine descriptors (sm_90), and the launches (one per
- * 64- or 128-row chunk of A).
+ * matmul.cu: the host side of marlin_matmul and marlin_matmul_swiglu:
+ * argument checks, the table of kernel variants (each compiled with the plain
+ * and the SwiGLU epilogue), the choice of variant and grid for a shape, the
+ * workspace layout, the copy-engine descriptors (sm_90), and the launches
+ * (one per 64- or 128-row chunk of A, or several 16-row chunks side by side).
  */
 #include <cudaTypedefs.h> /* PFN_cuTensorMapEncodeTiled */
 #include <stdlib.h>
