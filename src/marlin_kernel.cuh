@@ -38,9 +38,10 @@
  *    registers, scaled by one hmul2, feeding the tensor cores directly: up
  *    to 16 rows mma.sync with the weights as the M operand (C^T = W^T A^T,
  *    one instruction per word for 16 columns x 8 rows; A from shared memory
- *    by ldmatrix; variants for 1..8 rows hold accumulators for 8 rows only), from 17 rows on sm_90a warpgroup MMA, also with the
- *    weights as the register operand and A read by the instruction from the
- *    swizzled tile, and elsewhere mma.sync with A as the M operand. The
+ *    by ldmatrix; variants for 1..8 rows hold accumulators for 8 rows only),
+ *    from 17 rows on sm_90a warpgroup MMA, also with the weights as the
+ *    register operand and A read by the instruction from the swizzled tile,
+ *    and elsewhere mma.sync with A as the M operand. The
  *    loop over a slice's k steps holds nothing but copies and MMAs; the
  *    epilogue runs after it, so warpgroup MMAs stay in flight from one step
  *    to the next.
@@ -277,7 +278,6 @@ __device__ __forceinline__ void mma_16816(float (&acc)[4], const uint32_t (&a)[4
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-
 /* Warpgroup MMA (sm_90a): D[64 x N] = A[64 x 16] . B[16 x N] + (D, or 0
  * when `accumulate` is 0: no instruction but the MMA writes D), A from
  * registers (each warp 16 rows, in the m16n8k16 A-fragment layout), B from
@@ -431,6 +431,13 @@ __device__ __forceinline__ void dequantize_scaled(uint32_t word, uint32_t scale_
     out[3] = as_bits(__hmul2(as_half2(q[3]), scale_hi));
 }
 
+/* A dequantized lane word (dequantize_scaled: q[0..1] columns 16 s + g,
+ * q[2..3] columns 16 s + 8 + g) as the m16k16 A fragment of the transposed
+ * product C^T = W^T A^T, whose M rows g and g + 8 are those two columns. */
+__device__ __forceinline__ void transposed_fragment(const uint32_t (&q)[4], uint32_t (&w)[4]) {
+    w[0] = q[0], w[1] = q[2], w[2] = q[1], w[3] = q[3];
+}
+
 /* ------------------------------------------------------------------ kernel -- */
 
 /* The SwiGLU epilogue (marlin_matmul_swiglu): in every 16-column group of B,
@@ -498,7 +505,9 @@ struct TileConfig {
 
 /* BLOCKS_PER_SM: blocks meant to share one SM (caps registers to fit); two
  * blocks overlap one block's barrier and fragment-load latency with the
- * other's work.
+ * other's work. SWIGLU (marlin_matmul_swiglu): C is m x n/2 and the
+ * epilogue stores silu(gate) * up of each column pair (see silu_times); a
+ * template parameter, so the plain kernels compile exactly as without it.
  *
  * The loop is written for few instructions per weight byte: at m <= 16 an
  * SM must consume ~11 bytes of weights per cycle, so every instruction
@@ -529,8 +538,6 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
     /* EIGHT_ROWS: a variant for 1..8 rows only (transposed mma.sync): the
      * accumulators hold 8 rows, half the registers and half the epilogue. */
     static_assert(!EIGHT_ROWS || kSwappedMma, "8-row variants: mma.sync, one row block");
-    /* SWIGLU (marlin_matmul_swiglu): C is m x n/2, the epilogue stores
-     * silu(gate) * up of each column pair (see silu_times). */
     constexpr int kRowHalvesMax = EIGHT_ROWS ? 1 : 2 * M_BLOCKS;
     constexpr int kWarpsPerNTile = kWarps / N_TILES;
     constexpr int kWarpWords = kSplitColumns ? 4 / kWarpsPerNTile : 4; /* weight words per lane and k-tile */
@@ -751,8 +758,7 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
             for (int s = 0; s < kWarpWords; s++) {
                 uint32_t q[4];
                 dequantize_scaled<Format>(words[s], scale_pairs[s], q);
-                /* M rows g and g + 8 are columns 16 s + g and 16 s + 8 + g: q[0..1] and q[2..3] */
-                f[s][0] = q[0], f[s][1] = q[2], f[s][2] = q[1], f[s][3] = q[3];
+                transposed_fragment(q, f[s]);
             }
             const uint64_t descriptor =
                 swizzled_tile_descriptor(a_tile + (kt / 4) * Cfg::kAHalf * 16 + (kt % 4) * 32);
@@ -819,9 +825,6 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
              * Rows 1..8 need one instruction per word, rows 9..16 two. */
             auto swapped_step = [&](auto row_halves) {
                 constexpr int kRowHalves = decltype(row_halves)::kValue;
-                auto weight_fragment = [](const uint32_t (&q)[4], uint32_t (&w)[4]) {
-                    w[0] = q[0], w[1] = q[2], w[2] = q[1], w[3] = q[3];
-                };
                 auto multiply = [&](int j, const int4& scale_vec) {
                     const uint32_t(&a)[4] = a_frags[j][0];
                     uint32_t words[4], scale_pairs[4];
@@ -831,7 +834,7 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
                     for (int s = 0; s < 4; s++) {
                         uint32_t q[4], w[4];
                         dequantize_scaled<Format>(words[s], scale_pairs[s], q);
-                        weight_fragment(q, w);
+                        transposed_fragment(q, w);
 #pragma unroll
                         for (int h = 0; h < kRowHalves; h++) mma_16816(acc[s][h], w, a[2 * h], a[2 * h + 1]);
                     }
