@@ -49,6 +49,10 @@ constexpr long long kTinyLayer = 4ll << 20;
 
 using KernelFn = void (*)(const KernelArgs);
 
+/* What a launch stores in C: the product (marlin_matmul), or the SwiGLU of
+ * its gate/up column pairs (marlin_matmul_swiglu, C m x n/2). */
+enum Epilogue { kPlainEpilogue, kSwigluEpilogue, kEpilogueCount };
+
 /* One instantiated kernel and the facts the host needs about it. */
 struct KernelVariant {
     int m_blocks, n_tiles, k_tiles, stages, blocks_per_sm;
@@ -59,7 +63,7 @@ struct KernelVariant {
     long long max_weights; /* ... and whose k * n is below this (0: any) */
     int smem_bytes;
     int slot_floats;
-    KernelFn kernels[2]; /* by epilogue: plain, SwiGLU (marlin_matmul_swiglu) */
+    KernelFn kernels[kEpilogueCount]; /* the kernel of each Epilogue */
 };
 
 template <int M_BLOCKS, int N_TILES, int K_TILES, int STAGES, int BLOCKS_PER_SM = 1, bool WARPGROUP_MMA = false,
@@ -178,12 +182,12 @@ marlin_status query_device(DeviceInfo* info, int* device_out) {
     return MARLIN_STATUS_SUCCESS;
 }
 
-/* Raises the dynamic shared-memory limit of a variant's kernel (epilogue 0
- * plain, 1 SwiGLU) once per device. */
+/* Raises the dynamic shared-memory limit of a variant's kernel for an
+ * epilogue once per device. */
 constexpr int kVariantCount = sizeof(kVariants) / sizeof(kVariants[0]);
-unsigned char smem_limit_raised[kMaxDevices][kVariantCount][2];
+unsigned char smem_limit_raised[kMaxDevices][kVariantCount][kEpilogueCount];
 
-marlin_status raise_smem_limit(const KernelVariant& v, int epilogue, int device) {
+marlin_status raise_smem_limit(const KernelVariant& v, Epilogue epilogue, int device) {
     int index = (int)(&v - kVariants);
     if (device < kMaxDevices && __atomic_load_n(&smem_limit_raised[device][index][epilogue], __ATOMIC_ACQUIRE))
         return MARLIN_STATUS_SUCCESS;
@@ -298,7 +302,7 @@ bool cluster_fits(const KernelVariant& v, int split, int device) {
     config.numAttrs = 1;
     int clusters = 0;
     const bool fits =
-        cudaOccupancyMaxActiveClusters(&clusters, v.kernels[0], &config) == cudaSuccess && clusters >= 1;
+        cudaOccupancyMaxActiveClusters(&clusters, v.kernels[kPlainEpilogue], &config) == cudaSuccess && clusters >= 1;
     if (!fits) cudaGetLastError();
     if (answer) __atomic_store_n(answer, (unsigned char)(fits ? 1 : 2), __ATOMIC_RELEASE);
     return fits;
@@ -515,9 +519,10 @@ extern "C" marlin_status marlin_workspace_size(int m, int n, int k, int group_si
 
 namespace {
 
-/* marlin_matmul (epilogue 0) and marlin_matmul_swiglu (1, C m x n/2). */
+/* marlin_matmul and marlin_matmul_swiglu, by their epilogue. */
 marlin_status run_matmul(const void* A, const void* packed_b, const void* packed_scales, void* C, int m, int n, int k,
-                         int group_size, void* workspace, size_t workspace_bytes, cudaStream_t stream, int epilogue) {
+                         int group_size, void* workspace, size_t workspace_bytes, cudaStream_t stream,
+                         Epilogue epilogue) {
     if (!A || !packed_b || !packed_scales || !C || !workspace) return MARLIN_STATUS_NULL_POINTER;
     marlin_status status = check_shape(m, n, k, group_size);
     if (status != MARLIN_STATUS_SUCCESS) return status;
@@ -544,7 +549,7 @@ marlin_status run_matmul(const void* A, const void* packed_b, const void* packed
         args.A = static_cast<const int4*>(A) + (size_t)row0 * k / 8;
         args.B = static_cast<const int4*>(packed_b);
         args.scales = static_cast<const int4*>(packed_scales);
-        args.C = static_cast<half2*>(C) + (size_t)row0 * (epilogue ? n / 2 : n) / 2;
+        args.C = static_cast<half2*>(C) + (size_t)row0 * (epilogue == kSwigluEpilogue ? n / 2 : n) / 2;
         args.partials = partials;
         args.counters = counters;
         args.m = rows;
@@ -594,11 +599,13 @@ marlin_status run_matmul(const void* A, const void* packed_b, const void* packed
 extern "C" marlin_status marlin_matmul(const void* A, const void* packed_b, const void* packed_scales,
                                        void* C, int m, int n, int k, int group_size, void* workspace,
                                        size_t workspace_bytes, cudaStream_t stream) {
-    return run_matmul(A, packed_b, packed_scales, C, m, n, k, group_size, workspace, workspace_bytes, stream, 0);
+    return run_matmul(A, packed_b, packed_scales, C, m, n, k, group_size, workspace, workspace_bytes, stream,
+                      kPlainEpilogue);
 }
 
 extern "C" marlin_status marlin_matmul_swiglu(const void* A, const void* packed_b, const void* packed_scales,
                                               void* H, int m, int n, int k, int group_size, void* workspace,
                                               size_t workspace_bytes, cudaStream_t stream) {
-    return run_matmul(A, packed_b, packed_scales, H, m, n, k, group_size, workspace, workspace_bytes, stream, 1);
+    return run_matmul(A, packed_b, packed_scales, H, m, n, k, group_size, workspace, workspace_bytes, stream,
+                      kSwigluEpilogue);
 }

@@ -46,8 +46,9 @@ static int make_weights(weight_set* w, int k, int n, int group, int swiglu) {
     int scale_rows = marlin_scale_rows(k, group);
     uint8_t* codes = malloc(count);
     uint16_t* scales = malloc(scale_bytes);
-    uint8_t* kernel_codes = swiglu ? malloc(count) : codes;
-    uint16_t* kernel_scales = swiglu ? malloc(scale_bytes) : scales;
+    /* swiglu: the interleaved pair the kernel reads */
+    uint8_t* kernel_codes = swiglu ? malloc(count) : NULL;
+    uint16_t* kernel_scales = swiglu ? malloc(scale_bytes) : NULL;
     uint32_t* kernel_packed = swiglu ? malloc(count / 2) : NULL;
     uint16_t* kernel_packed_scales = swiglu ? malloc(scale_bytes) : NULL;
     w->k = k, w->n = n, w->group = group, w->swiglu = swiglu;
@@ -65,7 +66,7 @@ static int make_weights(weight_set* w, int k, int n, int group, int swiglu) {
          CUDA_OK(cudaMemcpy(w->d_packed, swiglu ? kernel_packed : w->packed, count / 2, cudaMemcpyHostToDevice)) &&
          CUDA_OK(cudaMemcpy(w->d_scales, swiglu ? kernel_packed_scales : w->packed_scales, scale_bytes,
                             cudaMemcpyHostToDevice));
-    if (swiglu) free(kernel_codes), free(kernel_scales), free(kernel_packed), free(kernel_packed_scales);
+    free(kernel_codes), free(kernel_scales), free(kernel_packed), free(kernel_packed_scales);
     free(codes), free(scales);
     return ok;
 }

@@ -66,14 +66,13 @@ struct gpu_linear {
     __half* weight = nullptr;          // dense: n x k fp16
     void* packed_b = nullptr;          // int4: k*n/8 uint32
     void* packed_scales = nullptr;     // int4: ceil(k/g) x n fp16
-    // int4 gate/up: columns in marlin_interleave_gate_up's order, multiplied by
-    // marlin_matmul_swiglu (the SwiGLU fused into the multiply)
 };
 
 struct gpu_layer {
     float* attn_norm = nullptr;  // dim
     float* ffn_norm = nullptr;   // dim
-    gpu_linear qkv, out, gate_up, down;
+    gpu_linear qkv, out, down;
+    gpu_linear gate_up;  // int4: columns in marlin_interleave_gate_up's order, for marlin_matmul_swiglu
 };
 
 void set_error(char* error, size_t error_bytes, const char* fmt, ...) {
