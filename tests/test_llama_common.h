@@ -14,12 +14,14 @@
 #include "model.h"
 #include "test_util.h"
 
-/* 2 layers, dim 128, 4 heads sharing 2 KV heads, ffn 256, vocab 192, tied head;
- * weights ~ N(0, 1/k), norm weights near one. Exits on allocation failure. */
-static inline void test_llama_random_model(llama_model* m) {
+/* 2 layers, n_heads heads of head_dim sharing n_kv_heads KV heads (dim =
+ * n_heads * head_dim), ffn 256, vocab 192, tied head; weights ~ N(0, 1/k),
+ * norm weights near one. Exits on allocation failure. */
+static inline void test_llama_random_model_shaped(llama_model* m, int n_heads, int n_kv_heads, int head_dim) {
     llama_config c = {0};
-    c.n_layers = 2; c.dim = 128; c.ffn_dim = 256; c.n_heads = 4; c.n_kv_heads = 2; c.head_dim = 32;
-    c.rope_dim = 32; c.vocab_size = 192; c.max_context = 64; c.rope_base = 10000.0f; c.norm_eps = 1e-5f;
+    c.n_layers = 2; c.dim = n_heads * head_dim; c.ffn_dim = 256; c.n_heads = n_heads; c.n_kv_heads = n_kv_heads;
+    c.head_dim = head_dim; c.rope_dim = head_dim; c.vocab_size = 192; c.max_context = 64; c.rope_base = 10000.0f;
+    c.norm_eps = 1e-5f;
     c.tied_embeddings = 1;
     if (llama_model_allocate(m, &c) != 0) exit(2);
     for (size_t i = 0; i < (size_t)c.vocab_size * c.dim; i++) m->embedding[i] = test_rand_normal();
@@ -36,6 +38,9 @@ static inline void test_llama_random_model(llama_model* m) {
                 ls[j]->weight[i] = test_rand_normal() / sqrtf((float)ls[j]->k);
     }
 }
+
+/* The default tiny model: dim 128, 4 heads of 32 sharing 2 KV heads. */
+static inline void test_llama_random_model(llama_model* m) { test_llama_random_model_shaped(m, 4, 2, 32); }
 
 /* y[n] = W[n x k] . x[k] in double */
 static inline void ref_linear(const llama_linear* l, const double* x, double* y) {

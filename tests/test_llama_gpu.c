@@ -5,7 +5,10 @@
  * For fp16 weights (cuBLAS) and int4 Marlin weights (marlin_matmul), the GPU
  * logits must match the CPU logits: relative error (max |gpu - cpu| / max
  * |cpu|) < 1e-2, and the same top-1 token on >= 99% of positions.
- *   1. a tiny random model (2 layers, dim 128), a 24-token prompt, then
+ *   1. tiny random models (2 layers; 4 heads of 32 sharing 2 KV heads, and
+ *      2 heads of 128, llama2-7b's head size, sharing one), with the
+ *      attention kernel's block size chosen by the row count and forced to
+ *      each of 8, 16 and 32 warps: a 24-token prompt, then
  *      batched decoding of 3 sequences, and one 600-position sequence;
  *      prompts of 3 sequences followed by decode steps that read the cache
  *      the earlier calls wrote (graphs on and off);
@@ -26,6 +29,22 @@
 #include "quantize.h"
 #include "test_llama_common.h"
 #include "test_util.h"
+
+/* Warps per (head, row) of the GPU attention kernel in the comparisons
+ * below (llama_gpu_set_attention_warps; 0: chosen by the row count). */
+static int attention_warps_under_test = 0;
+
+/* llama_gpu_create with the attention size under test. */
+static llama_gpu* create_gpu(const llama_model* m, int max_rows, int max_seqs, int max_ctx, char* error,
+                             size_t error_bytes) {
+    llama_gpu* gpu = llama_gpu_create(m, max_rows, max_seqs, max_ctx, error, error_bytes);
+    if (gpu && llama_gpu_set_attention_warps(gpu, attention_warps_under_test) != 0) {
+        snprintf(error, error_bytes, "attention warps %d refused", attention_warps_under_test);
+        llama_gpu_free(gpu);
+        return NULL;
+    }
+    return gpu;
+}
 
 typedef struct agreement {
     double diff, mag;  /* max |gpu - cpu|, max |cpu| */
@@ -60,7 +79,7 @@ static void compare_backends(const llama_model* m, const int* tokens, const int*
     llama_thread_pool* pool = llama_thread_pool_create(0);
     llama_cpu_state cpu;
     char error[1024] = "";
-    llama_gpu* gpu = llama_gpu_create(m, n_rows, max_seqs, max_ctx, error, sizeof(error));
+    llama_gpu* gpu = create_gpu(m, n_rows, max_seqs, max_ctx, error, sizeof(error));
     if (!gpu || llama_cpu_state_init(&cpu, m, pool, n_rows, max_seqs, max_ctx) != 0) {
         test_check(0, "%s: backends set up (%s)", what, error);
         llama_thread_pool_free(pool);
@@ -103,7 +122,7 @@ static void compare_decode(const llama_model* m, int graphs, const char* what) {
     llama_thread_pool* pool = llama_thread_pool_create(0);
     llama_cpu_state cpu;
     char error[1024] = "";
-    llama_gpu* gpu = llama_gpu_create(m, ROWS, S, P + STEPS, error, sizeof(error));
+    llama_gpu* gpu = create_gpu(m, ROWS, S, P + STEPS, error, sizeof(error));
     if (!gpu || llama_cpu_state_init(&cpu, m, pool, ROWS, S, P + STEPS) != 0) {
         test_check(0, "%s: backends set up (%s)", what, error);
         llama_thread_pool_free(pool);
@@ -158,9 +177,13 @@ static void quantize_rtn(llama_model* m, int group) {
     test_check(llama_quantize_model(m, &q, NULL, error, sizeof(error)) == 0, "RTN g%d quantization (%s)", group, error);
 }
 
-static void tiny_model_cases(void) {
+/* A tiny random model with n_heads heads of head_dim (n_kv_heads KV heads):
+ * prompts, decode steps and a long sequence on both backends, in fp16 and
+ * int4, with the attention kernel's block size chosen by the row count and
+ * then forced to each of its sizes (8, 16 and 32 warps per head and row). */
+static void tiny_model_cases(int n_heads, int n_kv_heads, int head_dim) {
     llama_model m;
-    test_llama_random_model(&m);
+    test_llama_random_model_shaped(&m, n_heads, n_kv_heads, head_dim);
     enum { T = 24, LONG = 600 };
     int tokens[3 * T], seq[3 * T], pos[3 * T];
     for (int i = 0; i < 3 * T; i++) {
@@ -168,32 +191,44 @@ static void tiny_model_cases(void) {
         seq[i] = i / T;
         pos[i] = i % T;
     }
+    int long_tok[LONG], long_seq[LONG], long_pos[LONG];
+    for (int i = 0; i < LONG; i++) {
+        long_tok[i] = test_rand_int(m.config.vocab_size);
+        long_seq[i] = 0;
+        long_pos[i] = i;
+    }
+    static const int warp_counts[] = {0, 8, 16, 32};
     for (int format = 0; format < 2; format++) {
         if (format == 1) quantize_rtn(&m, 64);
-        const char* name = format ? "tiny model, int4 g64" : "tiny model, fp16";
-        char what[96];
-        snprintf(what, sizeof(what), "%s, 3 sequences x %d positions in one call", name, T);
-        compare_backends(&m, tokens, seq, pos, 3 * T, 3, T, what);
-        /* a decode-sized call (3 rows, one per sequence): the CUDA-graph path */
-        int step_tok[3] = {tokens[0], tokens[T], tokens[2 * T]}, step_seq[3] = {0, 1, 2}, step_pos[3] = {0, 0, 0};
-        snprintf(what, sizeof(what), "%s, batch of 3 sequences, one row each", name);
-        compare_backends(&m, step_tok, step_seq, step_pos, 3, 3, T, what);
-        /* one sequence of LONG positions in one call: the attention kernel's
-         * warps take several rounds of positions (32 warps x 8 per round at
-         * this head size), so their running softmax rescales */
-        int long_tok[LONG], long_seq[LONG], long_pos[LONG];
-        for (int i = 0; i < LONG; i++) {
-            long_tok[i] = test_rand_int(m.config.vocab_size);
-            long_seq[i] = 0;
-            long_pos[i] = i;
-        }
-        snprintf(what, sizeof(what), "%s, one sequence x %d positions", name, LONG);
-        compare_backends(&m, long_tok, long_seq, long_pos, LONG, 1, LONG, what);
-        for (int graphs = 1; graphs >= 0; graphs--) {
-            snprintf(what, sizeof(what), "%s, graphs %s", name, graphs ? "on" : "off");
-            compare_decode(&m, graphs, what);
+        for (size_t w = 0; w < sizeof(warp_counts) / sizeof(warp_counts[0]); w++) {
+            attention_warps_under_test = warp_counts[w];
+            char warps[32], name[96], what[160];
+            if (warp_counts[w])
+                snprintf(warps, sizeof(warps), "%d warps", warp_counts[w]);
+            else
+                snprintf(warps, sizeof(warps), "warps by row count");
+            snprintf(name, sizeof(name), "tiny model (%d x %d heads), %s, attention %s", n_heads, head_dim,
+                     format ? "int4 g64" : "fp16", warps);
+            snprintf(what, sizeof(what), "%s, 3 sequences x %d positions in one call", name, T);
+            compare_backends(&m, tokens, seq, pos, 3 * T, 3, T, what);
+            /* decode-sized calls (one row per sequence): the CUDA-graph path */
+            int step_tok[3] = {tokens[0], tokens[T], tokens[2 * T]}, step_seq[3] = {0, 1, 2}, step_pos[3] = {0, 0, 0};
+            for (int rows = 1; rows <= 3; rows += 2) {
+                snprintf(what, sizeof(what), "%s, batch of %d sequence%s, one row each", name, rows,
+                         rows > 1 ? "s" : "");
+                compare_backends(&m, step_tok, step_seq, step_pos, rows, 3, T, what);
+            }
+            /* one sequence of LONG positions in one call: each warp takes
+             * several rounds of positions, so its running softmax rescales */
+            snprintf(what, sizeof(what), "%s, one sequence x %d positions", name, LONG);
+            compare_backends(&m, long_tok, long_seq, long_pos, LONG, 1, LONG, what);
+            for (int graphs = 1; graphs >= 0; graphs--) {
+                snprintf(what, sizeof(what), "%s, graphs %s", name, graphs ? "on" : "off");
+                compare_decode(&m, graphs, what);
+            }
         }
     }
+    attention_warps_under_test = 0;
     llama_model_free(&m);
 }
 
@@ -238,7 +273,18 @@ int main(void) {
         return 0;
     }
     test_seed("test_llama_gpu");
-    tiny_model_cases();
+    tiny_model_cases(4, 2, 32);   /* GQA, one head pair per lane */
+    tiny_model_cases(2, 1, 128);  /* llama2-7b's head size: two pairs per lane */
     real_model_cases();
+    /* sizes the attention kernel has no variant for are refused */
+    llama_model m;
+    test_llama_random_model(&m);
+    char error[256] = "";
+    llama_gpu* gpu = llama_gpu_create(&m, 1, 1, 8, error, sizeof(error));
+    test_check(gpu && llama_gpu_set_attention_warps(gpu, 12) == -1 && llama_gpu_set_attention_warps(gpu, 64) == -1 &&
+                   llama_gpu_set_attention_warps(gpu, 16) == 0,
+               "llama_gpu_set_attention_warps refuses 12 and 64 warps, takes 16 (%s)", error);
+    llama_gpu_free(gpu);
+    llama_model_free(&m);
     return test_finish();
 }

@@ -51,7 +51,7 @@ constexpr int kThreads = 256;
 constexpr int kNormValuesPerThread = 16;  // residual_rmsnorm_kernel: registers per thread for x (and weight)
 constexpr int kNormMaxThreads = 1024;
 constexpr int kNormMaxDim = kNormValuesPerThread * kNormMaxThreads;
-constexpr int kAttentionThreads = 1024;  // 32 warps per (head, row)
+constexpr int kAttentionMaxThreads = 1024;  // attention_kernel: up to 32 warps per (head, row)
 constexpr int kMaxHeadDim = 256;
 constexpr int kMaxPairsPerLane = kMaxHeadDim / 2 / 32;
 constexpr int kSwigluThreads = 128;
@@ -116,6 +116,7 @@ struct llama_gpu {
     int use_graphs = 1;
     cudaGraphExec_t graphs[2][65] = {};
     int linear_only = 0; /* see llama_gpu_set_linear_only */
+    int attention_warps = 0; /* see llama_gpu_set_attention_warps; 0: by the row count */
 };
 
 /* ------------------------------------------------------------- kernels -- */
@@ -148,6 +149,10 @@ __global__ void embed_kernel(const __half* embedding, const int* tokens, float* 
 
 __device__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ float warp_max_of(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
 }
 
@@ -307,8 +312,9 @@ __global__ void cache_write_kernel(const __half* qkv /* rows x (q_dim + 2 kv_dim
     }
 }
 
-/* Attention of one query head of one row, with RoPE: one block of
- * kAttentionThreads per (head, row); positions before the row's own come
+/* Attention of one query head of one row, with RoPE: one block of kWarps
+ * warps per (head, row) (launch_attention picks kWarps by the row count);
+ * positions before the row's own come
  * from the cache, its own position from what the block holds (the key it
  * rotates itself, the value straight from qkv), so no block depends on a
  * cache write of the same launch.
@@ -327,20 +333,19 @@ __global__ void cache_write_kernel(const __half* qkv /* rows x (q_dim + 2 kv_dim
  * lane + 32 j, j < kPairsPerLane), so a warp reads a key or value row with
  * coalesced 4-byte loads. A round loads the keys and the values (which do
  * not depend on the scores) of kUnroll positions per warp before using any:
- * kWarps * kUnroll positions per round, 256 up to head_dim 128, so a context
- * of up to 256 positions takes one round. Each warp keeps a running softmax
+ * kWarps * kUnroll positions per round (with 32 warps, 256 up to head_dim
+ * 128, so a context of up to 256 positions takes one round). Each warp keeps a running softmax
  * (its maximum score, its sum of exponentials, its weighted sum of values,
  * rescaled when the maximum grows); the warps' results are combined at the
  * end in a fixed order, so the output bits do not vary from run to run. No
  * shared memory grows with the context. The cache write comes last, so no
  * store can order the cache loads behind it. */
-template <int kPairsPerLane>
-__global__ void __launch_bounds__(kAttentionThreads)
+template <int kPairsPerLane, int kWarps>
+__global__ void __launch_bounds__(kAttentionMaxThreads)
     attention_kernel(const __half* qkv /* rows x (q_dim + 2 kv_dim) */, const int* seq_ids, const int* positions,
                      const float2* rope_table /* max_ctx x rope_dim/2 */, __half* key_cache, __half* value_cache,
                      __half* out /* rows x q_dim */, int n_heads, int n_kv_heads, int head_dim, int rope_dim,
                      int max_seqs, int max_ctx, int layer, int write_cache) {
-    constexpr int kWarps = kAttentionThreads / 32;
     constexpr int kUnroll = kAttentionUnroll[kPairsPerLane];
     __shared__ float2 partial[kWarps][32 * kPairsPerLane];  // each warp's weighted sum of values
     __shared__ float warp_max[kWarps], warp_total[kWarps];
@@ -556,17 +561,32 @@ int launch_norm(const llama_gpu* gpu, const __half* y, const float* weight, int 
                   n_rows, threads, 0, error, error_bytes, gpu->x, y, weight, gpu->xn, c.dim, c.norm_eps);
 }
 
+/* Warps per (head, row) for attention_kernel: gpu->attention_warps where
+ * set (llama_gpu_set_attention_warps), else by the row count. Measured on
+ * the H100 with llama2-7b shapes at contexts 128-192 (docs/llama.md): up to
+ * 4 rows, 32 warps take the context in one round (the blocks are few);
+ * 5-8 rows run best with 16 and more rows with 8, whose smaller blocks all
+ * fit on the device at once (512 blocks of 8 warps at 16 rows). */
+int attention_warps(const llama_gpu* gpu, int n_rows) {
+    if (gpu->attention_warps) return gpu->attention_warps;
+    return n_rows <= 4 ? 32 : n_rows <= 8 ? 16 : 8;
+}
+
 int launch_attention(const llama_gpu* gpu, int layer, int write_cache, int n_rows, char* error, size_t error_bytes) {
-    /* by the pairs of a head each lane holds */
-    static const decltype(&attention_kernel<1>) kernels[] = {attention_kernel<1>, attention_kernel<2>,
-                                                             attention_kernel<3>, attention_kernel<4>};
-    static_assert(sizeof(kernels) / sizeof(kernels[0]) == kMaxPairsPerLane, "one attention_kernel per count");
+    /* by the pairs of a head each lane holds, then warps per block 8 / 16 / 32 */
+    using kernel_type = decltype(&attention_kernel<1, 8>);
+    static const kernel_type kernels[kMaxPairsPerLane][3] = {
+        {attention_kernel<1, 8>, attention_kernel<1, 16>, attention_kernel<1, 32>},
+        {attention_kernel<2, 8>, attention_kernel<2, 16>, attention_kernel<2, 32>},
+        {attention_kernel<3, 8>, attention_kernel<3, 16>, attention_kernel<3, 32>},
+        {attention_kernel<4, 8>, attention_kernel<4, 16>, attention_kernel<4, 32>}};
     const llama_config& c = gpu->config;
     int pairs_per_lane = (c.head_dim / 2 + 31) / 32;  // 1..kMaxPairsPerLane (head_dim checked at set-up)
-    return launch(gpu, "attention_kernel", kernels[pairs_per_lane - 1], dim3(c.n_heads, n_rows), kAttentionThreads, 0,
-                  error, error_bytes, gpu->qkv, gpu->seq_ids, gpu->positions, gpu->rope_table, gpu->key_cache,
-                  gpu->value_cache, gpu->attn, c.n_heads, c.n_kv_heads, c.head_dim, c.rope_dim, gpu->max_seqs,
-                  gpu->max_ctx, layer, write_cache);
+    int warps = attention_warps(gpu, n_rows);
+    return launch(gpu, "attention_kernel", kernels[pairs_per_lane - 1][warps == 8 ? 0 : warps == 16 ? 1 : 2],
+                  dim3(c.n_heads, n_rows), 32 * warps, 0, error, error_bytes, gpu->qkv, gpu->seq_ids, gpu->positions,
+                  gpu->rope_table, gpu->key_cache, gpu->value_cache, gpu->attn, c.n_heads, c.n_kv_heads, c.head_dim,
+                  c.rope_dim, gpu->max_seqs, gpu->max_ctx, layer, write_cache);
 }
 
 int launch_swiglu(const llama_gpu* gpu, int n_rows, char* error, size_t error_bytes) {
@@ -1055,6 +1075,14 @@ extern "C" void llama_gpu_set_linear_only(llama_gpu* gpu, int enabled) {
     gpu->linear_only = enabled != 0;
     destroy_graphs(gpu); /* captured for the other mode */
 }
+extern "C" int llama_gpu_set_attention_warps(llama_gpu* gpu, int warps) {
+    if (warps != 0 && warps != 8 && warps != 16 && warps != 32) return -1;
+    if (gpu->attention_warps == warps) return 0;
+    gpu->attention_warps = warps;
+    destroy_graphs(gpu); /* captured with the other block size */
+    return 0;
+}
+
 extern "C" int llama_gpu_graphs_enabled(const llama_gpu* gpu) { return gpu->use_graphs; }
 
 extern "C" int llama_gpu_forward(llama_gpu* gpu, const int* tokens, const int* seq_ids, const int* positions,

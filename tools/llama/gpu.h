@@ -52,6 +52,13 @@ int llama_gpu_graphs_enabled(const llama_gpu* gpu);
  * default. */
 void llama_gpu_set_linear_only(llama_gpu* gpu, int enabled);
 
+/* Warps per (head, row) of the attention kernel: 8, 16 or 32, or 0 (the
+ * default) to choose by the row count of each call (see attention_warps in
+ * gpu.cu). Every size computes the same function; tests run each, and
+ * tuning measures them. Returns -1 (and changes nothing) for other values.
+ * Changing it drops the captured graphs. */
+int llama_gpu_set_attention_warps(llama_gpu* gpu, int warps);
+
 /* Bytes of weights on the device (what one decode step reads). */
 size_t llama_gpu_weight_bytes(const llama_gpu* gpu);
 
