@@ -95,11 +95,13 @@ KernelVariant make_warpgroup_variant(int min_n, int min_rows, long long max_weig
  * weights fastest; from 17 rows warpgroup MMA (sm_90a) wins, with 256-column
  * tiles where n >= 8192 (32+ column slices) and 128-column tiles below
  * (narrower layers need more slices, and their partial tiles are half the
- * size to sum); 128 rows take 128-column tiles up to 192M weights. The
+ * size to sum), and up to 32 rows 128-column tiles two blocks per SM on
+ * layers under 84M weights; 128 rows take 128-column tiles up to 192M weights. The
  * mma.sync variants from 17 rows serve GPUs without sm_90a; the 4-stage
  * one-block variants fit the 99 KB of sm_86 / sm_89. */
 constexpr int kWideN = 8192;
 constexpr long long kLargeLayer = 192ll << 20; /* weights (k * n): 96 MB packed */
+constexpr long long kMidLayer = 84ll << 20;    /* weights (k * n): 42 MB packed */
 const KernelVariant kVariants[] = {
     /* 1..16 rows; from 9 rows, layers under 192M weights (llama2-7b,
      * llama3-8b, llama2-70b's qkv and o) run faster with 128-column tiles
@@ -108,7 +110,11 @@ const KernelVariant kVariants[] = {
     make_variant<1, 2, 8, 6, 2>(0, 9, kLargeLayer), make_eight_row_variant<4, 8, 4, 2>(),
     make_variant<1, 4, 8, 4, 2>(), make_variant<1, 2, 8, 6, 2>(), make_variant<1, 1, 8, 8, 2>(),
     make_variant<1, 2, 8, 4>(), make_variant<1, 1, 8, 4>(),
-    /* 17..32 rows */
+    /* 17..32 rows; layers under 84M weights (llama2-70b's qkv and o and
+     * smaller) run faster with 128-column tiles two blocks per SM
+     * (bench/NOTES.md step 40: llama2-13b down at m = 17 30.1 -> 23.5 us);
+     * from llama2-7b's gate_up (86M) on they lose (26.7 -> 28.0 us) */
+    make_variant<2, 2, 8, 6, 2, true>(0, 17, kMidLayer),
     make_warpgroup_variant<2, 4, 8, 6>(kWideN, 17), make_warpgroup_variant<2, 2, 8, 8>(0, 17),
     make_variant<2, 4, 8, 4>(kWideN), make_variant<2, 2, 8, 4>(), make_variant<2, 4, 8, 4>(),
     make_variant<2, 4, 8, 3, 2>(), make_variant<2, 2, 8, 8>(), make_variant<2, 1, 8, 8>(), make_variant<2, 1, 8, 4>(),
