@@ -264,12 +264,17 @@ marlin_status plan_launch(int rows, int n, int k, const DeviceInfo& device, Laun
      * 2 ways (ideal m = 128: 230 -> 208 us; llama2-70b o 47.5 -> 37.7 us), as
      * long as it runs no fewer blocks; elsewhere the striped partition is as
      * fast or faster (llama2-7b m = 1: 63 vs 84 us; llama3-8b down at
-     * m = 128, cut 4 ways: 44.5 vs 63.6 us). */
+     * m = 128, cut 4 ways: 44.5 vs 63.6 us). Up to 8 rows, slices that the
+     * device holds exactly twice over (cut 2 ways) run as clusters even
+     * with fewer blocks than striped (step 42: llama3-8b gate_up at m = 8
+     * 28.2 -> 25.7 us, llama2-13b's 33.0 -> 30.8); cut 3 or more ways they
+     * lose (llama2-7b gate_up 21.3 -> 28.3 us at m = 1). */
     int split = block_slots / slices;
     if (split > max_split) split = max_split;
     if (split > k_iters / kMinClusterIters) split = k_iters / kMinClusterIters;
-    bool use_cluster = ((rows > kMaxChunkRows / 2 && split == 2) || 4 * plan->grid <= block_slots) &&
-                       slices * split >= plan->grid;
+    bool use_cluster = (rows <= 8 && split == 2) ||
+                       (((rows > kMaxChunkRows / 2 && split == 2) || 4 * plan->grid <= block_slots) &&
+                        slices * split >= plan->grid);
 #ifdef MARLIN_TUNING
     if (const char* forced = getenv("MARLIN_CLUSTER")) { /* 0 or 1: striped only; c: clusters of at most c */
         split = atoi(forced) < split ? atoi(forced) : split;
