@@ -604,6 +604,8 @@ static int cmd_bench(int argc, char** argv) {
     snprintf(o.batches, sizeof(o.batches), "1,8,16,32");
     parse_options(argc, argv, " --config --batches --steps --context --group-size --graphs --breakdown --backend --threads --attention-warps ",
                   &o, usage_bench);
+    if (o.attention_warps != 0 && o.attention_warps != 8 && o.attention_warps != 16 && o.attention_warps != 32)
+        die("--attention-warps: expected 0, 8, 16 or 32, got %d", o.attention_warps);
     llama_config config;
     if (llama_config_preset(o.config, &config) != 0)
         die("unknown --config '%s' (smollm2-135m, llama2-7b, llama3-8b, llama2-13b)", o.config);
@@ -640,8 +642,7 @@ static int cmd_bench(int argc, char** argv) {
                                                         error, sizeof(error));
             if (!gpu) die("GPU: %s", error);
             llama_gpu_set_graphs(gpu, o.graphs);
-            if (llama_gpu_set_attention_warps(gpu, o.attention_warps) != 0)
-                die("--attention-warps: expected 0, 8, 16 or 32, got %d", o.attention_warps);
+            if (llama_gpu_set_attention_warps(gpu, o.attention_warps) != 0) die("--attention-warps %d refused", o.attention_warps);
             for (int i = 0; i < n_batches; i++) {
                 int B = batches[i];
                 double elapsed = time_gpu_steps(gpu, config.vocab_size, B, o.steps, o.context, tokens, seq_ids,
