@@ -20,9 +20,10 @@
  * prompts add a cache write before attention); each is shaped to
  * need few dependent round trips to memory, which is what it costs at batch
  * 1: the norm keeps its row in registers between its one load and one store,
- * attention spreads each (head, row) over 32 warps that load the keys and
- * values of 256 positions (head_dim 128) in one round, with a running
- * softmax per warp, and SwiGLU moves 16 bytes per access; RoPE angles come
+ * attention spreads each (head, row) over 8-32 warps (by the batch size)
+ * that load the keys and values of 64-256 positions (head_dim 128) per
+ * round, with a running softmax per warp, and SwiGLU moves 16 bytes per
+ * access; RoPE angles come
  * from a table built once; on sm_90+ the small kernels launch with
  * programmatic dependent launch, as Marlin does, and let the next kernel
  * launch before they wait (begin_dependent_kernel), so each launch overlaps
@@ -52,6 +53,9 @@ constexpr int kNormValuesPerThread = 16;  // residual_rmsnorm_kernel: registers 
 constexpr int kNormMaxThreads = 1024;
 constexpr int kNormMaxDim = kNormValuesPerThread * kNormMaxThreads;
 constexpr int kAttentionMaxThreads = 1024;  // attention_kernel: up to 32 warps per (head, row)
+/* attention_kernel's block sizes, warps per (head, row), in launch_attention's table order */
+constexpr int kAttentionWarpCounts[] = {8, 16, 32};
+constexpr int kAttentionSizes = sizeof(kAttentionWarpCounts) / sizeof(kAttentionWarpCounts[0]);
 constexpr int kMaxHeadDim = 256;
 constexpr int kMaxPairsPerLane = kMaxHeadDim / 2 / 32;
 constexpr int kSwigluThreads = 128;
@@ -149,10 +153,6 @@ __global__ void embed_kernel(const __half* embedding, const int* tokens, float* 
 
 __device__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-__device__ float warp_max_of(float v) {
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
 }
 
@@ -572,18 +572,27 @@ int attention_warps(const llama_gpu* gpu, int n_rows) {
     return n_rows <= 4 ? 32 : n_rows <= 8 ? 16 : 8;
 }
 
+/* Position of `warps` in kAttentionWarpCounts, or -1. */
+int attention_size_index(int warps) {
+    for (int i = 0; i < kAttentionSizes; i++)
+        if (kAttentionWarpCounts[i] == warps) return i;
+    return -1;
+}
+
 int launch_attention(const llama_gpu* gpu, int layer, int write_cache, int n_rows, char* error, size_t error_bytes) {
-    /* by the pairs of a head each lane holds, then warps per block 8 / 16 / 32 */
+    /* by the pairs of a head each lane holds, then the block size (kAttentionWarpCounts) */
     using kernel_type = decltype(&attention_kernel<1, 8>);
-    static const kernel_type kernels[kMaxPairsPerLane][3] = {
+    static const kernel_type kernels[kMaxPairsPerLane][kAttentionSizes] = {
         {attention_kernel<1, 8>, attention_kernel<1, 16>, attention_kernel<1, 32>},
         {attention_kernel<2, 8>, attention_kernel<2, 16>, attention_kernel<2, 32>},
         {attention_kernel<3, 8>, attention_kernel<3, 16>, attention_kernel<3, 32>},
         {attention_kernel<4, 8>, attention_kernel<4, 16>, attention_kernel<4, 32>}};
+    static_assert(kAttentionWarpCounts[0] == 8 && kAttentionWarpCounts[1] == 16 && kAttentionWarpCounts[2] == 32,
+                  "the table's columns follow kAttentionWarpCounts");
     const llama_config& c = gpu->config;
     int pairs_per_lane = (c.head_dim / 2 + 31) / 32;  // 1..kMaxPairsPerLane (head_dim checked at set-up)
     int warps = attention_warps(gpu, n_rows);
-    return launch(gpu, "attention_kernel", kernels[pairs_per_lane - 1][warps == 8 ? 0 : warps == 16 ? 1 : 2],
+    return launch(gpu, "attention_kernel", kernels[pairs_per_lane - 1][attention_size_index(warps)],
                   dim3(c.n_heads, n_rows), 32 * warps, 0, error, error_bytes, gpu->qkv, gpu->seq_ids, gpu->positions,
                   gpu->rope_table, gpu->key_cache, gpu->value_cache, gpu->attn, c.n_heads, c.n_kv_heads, c.head_dim,
                   c.rope_dim, gpu->max_seqs, gpu->max_ctx, layer, write_cache);
@@ -1075,8 +1084,12 @@ extern "C" void llama_gpu_set_linear_only(llama_gpu* gpu, int enabled) {
     gpu->linear_only = enabled != 0;
     destroy_graphs(gpu); /* captured for the other mode */
 }
+extern "C" int llama_gpu_attention_warps_supported(int warps) {
+    return warps == 0 || attention_size_index(warps) >= 0;
+}
+
 extern "C" int llama_gpu_set_attention_warps(llama_gpu* gpu, int warps) {
-    if (warps != 0 && warps != 8 && warps != 16 && warps != 32) return -1;
+    if (!llama_gpu_attention_warps_supported(warps)) return -1;
     if (gpu->attention_warps == warps) return 0;
     gpu->attention_warps = warps;
     destroy_graphs(gpu); /* captured with the other block size */

@@ -58,6 +58,8 @@ void llama_gpu_set_linear_only(llama_gpu* gpu, int enabled);
  * tuning measures them. Returns -1 (and changes nothing) for other values.
  * Changing it drops the captured graphs. */
 int llama_gpu_set_attention_warps(llama_gpu* gpu, int warps);
+/* Whether llama_gpu_set_attention_warps takes `warps` (needs no GPU). */
+int llama_gpu_attention_warps_supported(int warps);
 
 /* Bytes of weights on the device (what one decode step reads). */
 size_t llama_gpu_weight_bytes(const llama_gpu* gpu);

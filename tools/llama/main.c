@@ -604,7 +604,7 @@ static int cmd_bench(int argc, char** argv) {
     snprintf(o.batches, sizeof(o.batches), "1,8,16,32");
     parse_options(argc, argv, " --config --batches --steps --context --group-size --graphs --breakdown --backend --threads --attention-warps ",
                   &o, usage_bench);
-    if (o.attention_warps != 0 && o.attention_warps != 8 && o.attention_warps != 16 && o.attention_warps != 32)
+    if (!llama_gpu_attention_warps_supported(o.attention_warps))
         die("--attention-warps: expected 0, 8, 16 or 32, got %d", o.attention_warps);
     llama_config config;
     if (llama_config_preset(o.config, &config) != 0)
