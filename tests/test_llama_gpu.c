@@ -273,8 +273,13 @@ int main(void) {
         return 0;
     }
     test_seed("test_llama_gpu");
-    tiny_model_cases(4, 2, 32);   /* GQA, one head pair per lane */
-    tiny_model_cases(2, 1, 128);  /* llama2-7b's head size: two pairs per lane */
+    /* every lane layout of the attention kernel (attention_layout in gpu.cu) */
+    tiny_model_cases(4, 2, 32);    /* GQA; 16-byte loads, 4 lanes per position */
+    tiny_model_cases(2, 1, 64);    /* SmolLM2's head size: 8 lanes per position */
+    tiny_model_cases(2, 1, 128);   /* llama2-7b's head size: 16 lanes per position */
+    tiny_model_cases(8, 8, 72);    /* 16 lanes per position, 7 of them idle */
+    tiny_model_cases(1, 1, 256);   /* 32 lanes per position */
+    tiny_model_cases(16, 16, 20);  /* head_dim % 8 != 0: 4-byte loads, 32 lanes per position */
     real_model_cases();
     /* sizes the attention kernel has no variant for are refused */
     llama_model m;

@@ -21,9 +21,10 @@
  * need few dependent round trips to memory, which is what it costs at batch
  * 1: the norm keeps its row in registers between its one load and one store,
  * attention spreads each (head, row) over 8-32 warps (by the batch size)
- * that load the keys and values of 64-256 positions (head_dim 128) per
- * round, with a running softmax per warp, and SwiGLU moves 16 bytes per
- * access; RoPE angles come
+ * whose groups of lanes read a position's key and value rows with 16-byte
+ * loads (128 positions per round with 32 warps and head_dim 128), with a
+ * running softmax per lane group, and SwiGLU moves 16 bytes per access;
+ * RoPE angles come
  * from a table built once; on sm_90+ the small kernels launch with
  * programmatic dependent launch, as Marlin does, and let the next kernel
  * launch before they wait (begin_dependent_kernel), so each launch overlaps
@@ -57,13 +58,12 @@ constexpr int kAttentionMaxThreads = 1024;  // attention_kernel: up to 32 warps 
 constexpr int kAttentionWarpCounts[] = {8, 16, 32};
 constexpr int kAttentionSizes = sizeof(kAttentionWarpCounts) / sizeof(kAttentionWarpCounts[0]);
 constexpr int kMaxHeadDim = 256;
-constexpr int kMaxPairsPerLane = kMaxHeadDim / 2 / 32;
 constexpr int kSwigluThreads = 128;
 
-/* attention_kernel: positions each warp loads per round, by the pairs of a
- * head each lane holds (1 + (head_dim / 2 - 1) / 32): as many as fit in the
- * 64 registers a thread of a 1024-thread block has, with no spills (ptxas -v). */
-constexpr int kAttentionUnroll[kMaxPairsPerLane + 1] = {0, 8, 8, 4, 2};
+/* attention_kernel: positions each lane group loads per round, by the
+ * pairs of a head each lane holds: as many as fit in the 64 registers a
+ * thread of a 1024-thread block has, with no spills (ptxas -v). */
+__host__ __device__ constexpr int attention_unroll(int pairs_per_lane) { return pairs_per_lane <= 2 ? 8 : pairs_per_lane == 3 ? 4 : 2; }
 
 struct gpu_linear {
     int n = 0, k = 0, group_size = 0;  // group_size 0: dense fp16
@@ -156,6 +156,24 @@ __device__ float warp_sum(float v) {
     return v;
 }
 
+/* 2^x (MUFU.EX2, flushing denormal results to 0; 2^-inf = 0): the
+ * attention scores are kept in log2 units so each exponential is one
+ * instruction. */
+__device__ __forceinline__ float fast_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+/* Sum over the kLanes consecutive lanes of a lane group (kLanes a power of
+ * two dividing 32); every lane of the group gets it. */
+template <int kLanes>
+__device__ float lane_group_sum(float v) {
+#pragma unroll
+    for (int o = kLanes / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
 /* Block-wide sum; every thread gets the total. blockDim.x <= 1024, multiple of 32. */
 __device__ float block_sum(float v, float* shared /* 32 floats */) {
     v = warp_sum(v);
@@ -199,6 +217,33 @@ __device__ void store_halves(__half* p, const float (&v)[W]) {
 #pragma unroll
     for (int e = 0; e < W; e++) t.v[e] = __float2half(v[e]);
     *(packed_values<__half, W>*)p = t;
+}
+
+/* kPairs consecutive half2 pairs (4, 8 or 16 bytes, which the address must
+ * be aligned to) in one load, or zeros where !ok. Volatile asm, so the
+ * compiler issues each load where it is written (attention_kernel issues a
+ * round's loads before using any; a plain load would be sunk into the
+ * branch that uses it). */
+template <int kPairs>
+__device__ __forceinline__ packed_values<__half2, kPairs> load_pairs(const __half2* p, bool ok) {
+    static_assert(kPairs == 1 || kPairs == 2 || kPairs == 4, "4, 8 or 16-byte loads");
+    uint32_t r[4] = {0u, 0u, 0u, 0u};
+    if constexpr (kPairs == 4)
+        asm volatile("{\n\t.reg .pred q;\n\tsetp.ne.b32 q, %5, 0;\n\t@q ld.global.v4.b32 {%0, %1, %2, %3}, [%4];\n\t}"
+                     : "+r"(r[0]), "+r"(r[1]), "+r"(r[2]), "+r"(r[3])
+                     : "l"(p), "r"((int)ok));
+    else if constexpr (kPairs == 2)
+        asm volatile("{\n\t.reg .pred q;\n\tsetp.ne.b32 q, %3, 0;\n\t@q ld.global.v2.b32 {%0, %1}, [%2];\n\t}"
+                     : "+r"(r[0]), "+r"(r[1])
+                     : "l"(p), "r"((int)ok));
+    else
+        asm volatile("{\n\t.reg .pred q;\n\tsetp.ne.b32 q, %2, 0;\n\t@q ld.global.b32 %0, [%1];\n\t}"
+                     : "+r"(r[0])
+                     : "l"(p), "r"((int)ok));
+    packed_values<__half2, kPairs> out;
+#pragma unroll
+    for (int e = 0; e < kPairs; e++) out.v[e] = *reinterpret_cast<const __half2*>(&r[e]);
+    return out;
 }
 
 /* x += y (when y is not NULL), then out = RMSNorm(x) . weight; one block per
@@ -313,11 +358,10 @@ __global__ void cache_write_kernel(const __half* qkv /* rows x (q_dim + 2 kv_dim
 }
 
 /* Attention of one query head of one row, with RoPE: one block of kWarps
- * warps per (head, row) (launch_attention picks kWarps by the row count);
- * positions before the row's own come
- * from the cache, its own position from what the block holds (the key it
- * rotates itself, the value straight from qkv), so no block depends on a
- * cache write of the same launch.
+ * warps per (head, row) (launch_attention picks kWarps by the row count).
+ * Positions before the row's own come from the cache, its own position from
+ * what the block holds (the key it rotates itself, the value straight from
+ * qkv), so no block depends on a cache write of the same launch.
  * write_cache (decode steps, every row its own sequence): the first query
  * head of each KV group also stores the row's rotated key and value in the
  * cache, one writer per (KV head, row), and no block of the launch reads
@@ -326,34 +370,42 @@ __global__ void cache_write_kernel(const __half* qkv /* rows x (q_dim + 2 kv_dim
  * positions) cache_write_kernel has stored every row's before this launch.
  *
  * At batch 1 only n_heads blocks run, so the kernel's time is the number of
- * dependent round trips to memory, and it is shaped to need few: every warp
- * rotates its own copy of the query and of the row's key in registers (no
- * barrier before the main loop), and takes positions t = warp, warp +
- * kWarps, ...; its lanes split the head dimension in half2 pairs (pair =
- * lane + 32 j, j < kPairsPerLane), so a warp reads a key or value row with
- * coalesced 4-byte loads. A round loads the keys and the values (which do
- * not depend on the scores) of kUnroll positions per warp before using any:
- * kWarps * kUnroll positions per round (with 32 warps, 256 up to head_dim
- * 128, so a context of up to 256 positions takes one round). Each warp keeps a running softmax
- * (its maximum score, its sum of exponentials, its weighted sum of values,
- * rescaled when the maximum grows); the warps' results are combined at the
- * end in a fixed order, so the output bits do not vary from run to run. No
- * shared memory grows with the context. The cache write comes last, so no
- * store can order the cache loads behind it. */
-template <int kPairsPerLane, int kWarps>
+ * dependent round trips to memory and the instructions each SM issues, and
+ * it is shaped for few of both. A position's key and value rows are read by
+ * a group of kLanes lanes, each loading kChunks chunks of kChunkPairs
+ * consecutive half2 pairs (16-byte loads where head_dim % 8 == 0: with
+ * head_dim 128, 16 lanes of 8 values, two positions per warp), so a score
+ * needs log2(kLanes) shuffles and a lane converts and multiplies 8 values
+ * per load. Every warp rotates its own copy of the query (no barrier before
+ * the main loop); the row's own position seeds the running softmax of lane
+ * group 0 of warp 0. A round loads the keys and values (which do not depend
+ * on the scores) of kUnroll positions per lane group before using any:
+ * kWarps * (32 / kLanes) * kUnroll positions per round (256 with 32 warps
+ * and head_dim 64..128); a warp skips the unrolled steps that lie wholly
+ * past the row's position. Each lane group keeps a running softmax (its
+ * maximum score, its sum of exponentials, its weighted sum of values,
+ * rescaled when the maximum grows); the groups of a warp are combined by
+ * shuffles and the warps at the end through shared memory, in a fixed
+ * order, so the output bits do not vary from run to run. No shared memory
+ * grows with the context. */
+template <int kChunkPairs, int kChunks, int kLanes, int kWarps>
 __global__ void __launch_bounds__(kAttentionMaxThreads)
     attention_kernel(const __half* qkv /* rows x (q_dim + 2 kv_dim) */, const int* seq_ids, const int* positions,
                      const float2* rope_table /* max_ctx x rope_dim/2 */, __half* key_cache, __half* value_cache,
                      __half* out /* rows x q_dim */, int n_heads, int n_kv_heads, int head_dim, int rope_dim,
                      int max_seqs, int max_ctx, int layer, int write_cache) {
-    constexpr int kUnroll = kAttentionUnroll[kPairsPerLane];
-    __shared__ float2 partial[kWarps][32 * kPairsPerLane];  // each warp's weighted sum of values
+    constexpr int kGroups = 32 / kLanes;                 // positions per warp and unrolled step
+    constexpr int kGroupPairs = kLanes * kChunks * kChunkPairs;  // pairs one lane group covers
+    constexpr int kUnroll = attention_unroll(kChunks * kChunkPairs);
+    using chunk = packed_values<__half2, kChunkPairs>;
+    static_assert(32 % kLanes == 0, "lane groups tile a warp");
+    __shared__ float2 partial[kWarps][kGroupPairs];  // each warp's weighted sum of values
     __shared__ float warp_max[kWarps], warp_total[kWarps];
     begin_dependent_kernel();
     int head = blockIdx.x, row = blockIdx.y;
-    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, group = lane / kLanes, sub = lane % kLanes;
     int q_dim = n_heads * head_dim, kv_dim = n_kv_heads * head_dim, pairs = head_dim / 2;
-    int group = n_heads / n_kv_heads, kv_head = head / group;
+    int heads_per_kv = n_heads / n_kv_heads, kv_head = head / heads_per_kv;
     int pos = positions[row];
     const __half* row_qkv = qkv + (size_t)row * (q_dim + 2 * kv_dim);
     const __half2* qr = (const __half2*)(row_qkv + (size_t)head * head_dim);
@@ -364,108 +416,166 @@ __global__ void __launch_bounds__(kAttentionMaxThreads)
     __half2* keys = (__half2*)(key_cache + base);      // position t at keys + t * kv_dim / 2
     __half2* values = (__half2*)(value_cache + base);  // likewise
     size_t stride = (size_t)kv_dim / 2;
-    const __half2 zero = __floats2half2_rn(0.0f, 0.0f);
+    /* first pair of chunk c of this lane; pairs past head_dim stay zero in
+     * q, so they add nothing to a score (chunks lie wholly inside or past) */
+    auto first_pair = [&](int c) { return (sub + kLanes * c) * kChunkPairs; };
 
-    /* pairs past head_dim stay zero in q, so they add nothing to a score */
-    float2 q[kPairsPerLane];
-    __half2 own_key[kPairsPerLane], own_value[kPairsPerLane];
+    /* the query (rotated, and scaled so that scores come out in log2 units
+     * for exp2) and the row's own key, rotated; the own value */
+    const float score_scale = rsqrtf((float)head_dim) * 1.4426950408889634f;
+    float2 q[kChunks][kChunkPairs], acc[kChunks][kChunkPairs];
+    float own_dot = 0.0f;
+    const bool seeds = warp == 0 && group == 0;  // the lane group whose softmax starts at the own position
 #pragma unroll
-    for (int j = 0; j < kPairsPerLane; j++) {
-        int i = lane + 32 * j;
-        q[j] = make_float2(0.0f, 0.0f);
-        own_key[j] = own_value[j] = zero;
-        if (i >= pairs) continue;
-        q[j] = __half22float2(qr[i]);
-        own_key[j] = kr[i];
-        own_value[j] = vr[i];
-        if (i < rope_dim / 2) {
-            float2 cs = angles[i];
-            q[j] = rotate(q[j], cs);
-            own_key[j] = rotate_key(own_key[j], cs);
+    for (int c = 0; c < kChunks; c++) {
+        int p0 = first_pair(c);
+        bool inside = p0 < pairs;
+        chunk qc = load_pairs<kChunkPairs>(qr + p0, inside);
+        chunk kc = load_pairs<kChunkPairs>(kr + p0, inside);
+        chunk vc = load_pairs<kChunkPairs>(vr + p0, inside);
+#pragma unroll
+        for (int e = 0; e < kChunkPairs; e++) {
+            q[c][e] = __half22float2(qc.v[e]);
+            if (p0 + e < rope_dim / 2) {
+                float2 cs = angles[p0 + e];
+                q[c][e] = rotate(q[c][e], cs);
+                kc.v[e] = rotate_key(kc.v[e], cs);
+            }
+            q[c][e].x *= score_scale;
+            q[c][e].y *= score_scale;
+            float2 kf = __half22float2(kc.v[e]), vf = __half22float2(vc.v[e]);
+            own_dot = fmaf(q[c][e].y, kf.y, fmaf(q[c][e].x, kf.x, own_dot));
+            acc[c][e] = seeds ? vf : make_float2(0.0f, 0.0f);
+        }
+        if (write_cache && head % heads_per_kv == 0 && seeds && inside) {
+            *(chunk*)(keys + (size_t)pos * stride + p0) = kc;
+            *(chunk*)(values + (size_t)pos * stride + p0) = vc;
         }
     }
-    float scale = rsqrtf((float)head_dim);
+    own_dot = lane_group_sum<kLanes>(own_dot);
+    float max_score = seeds ? own_dot : -INFINITY, total = seeds ? 1.0f : 0.0f;
 
-    float max_score = -INFINITY, total = 0.0f;
-    float2 acc[kPairsPerLane];
-#pragma unroll
-    for (int j = 0; j < kPairsPerLane; j++) acc[j] = make_float2(0.0f, 0.0f);
-    for (int t0 = warp; t0 <= pos; t0 += kWarps * kUnroll) {
-        __half2 k[kUnroll][kPairsPerLane], v[kUnroll][kPairsPerLane];
+    constexpr int kRound = kWarps * kGroups * kUnroll;
+    const int lane_first = warp * kGroups + group;      // this lane's position in a round's first step
+    const size_t step_stride = (size_t)kWarps * kGroups * stride;  // between unrolled steps
+    const __half2* key_row = keys + lane_first * stride;
+    const __half2* value_row = values + lane_first * stride;
+    for (int t0 = 0; t0 < pos; t0 += kRound, key_row += kUnroll * step_stride, value_row += kUnroll * step_stride) {
+        chunk k[kUnroll][kChunks], v[kUnroll][kChunks];
 #pragma unroll
         for (int u = 0; u < kUnroll; u++) {
-            int t = t0 + u * kWarps;
+            bool cached = t0 + lane_first + u * kWarps * kGroups < pos;
 #pragma unroll
-            for (int j = 0; j < kPairsPerLane; j++) {
-                int i = lane + 32 * j;
-                bool cached = i < pairs && t < pos;
-                k[u][j] = cached ? keys[(size_t)t * stride + i] : own_key[j];
-                v[u][j] = cached ? values[(size_t)t * stride + i] : own_value[j];
+            for (int c = 0; c < kChunks; c++) {
+                int p0 = first_pair(c);
+                k[u][c] = load_pairs<kChunkPairs>(key_row + u * step_stride + p0, cached && p0 < pairs);
+                v[u][c] = load_pairs<kChunkPairs>(value_row + u * step_stride + p0, cached && p0 < pairs);
             }
         }
-        float score[kUnroll], round_max = -INFINITY;  // t0 <= pos: position u = 0 always counts
+        float score[kUnroll], round_max = -INFINITY;
 #pragma unroll
         for (int u = 0; u < kUnroll; u++) {
+            int warp_first = t0 + (u * kWarps + warp) * kGroups;  // the same in every lane of the warp
+            score[u] = -INFINITY;
+            if (warp_first >= pos) continue;
             float dot = 0.0f;
 #pragma unroll
-            for (int j = 0; j < kPairsPerLane; j++) {
-                float2 kf = __half22float2(k[u][j]);
-                dot += q[j].x * kf.x + q[j].y * kf.y;
-            }
-            score[u] = warp_sum(dot) * scale;
-            if (t0 + u * kWarps <= pos) round_max = fmaxf(round_max, score[u]);
+            for (int c = 0; c < kChunks; c++)
+#pragma unroll
+                for (int e = 0; e < kChunkPairs; e++) {
+                    float2 kf = __half22float2(k[u][c].v[e]);
+                    dot = fmaf(q[c][e].y, kf.y, fmaf(q[c][e].x, kf.x, dot));
+                }
+            dot = lane_group_sum<kLanes>(dot);
+            if (warp_first + group < pos) score[u] = dot;
+            round_max = fmaxf(round_max, score[u]);
         }
-        float new_max = fmaxf(max_score, round_max);
-        float rescale = __expf(max_score - new_max);  // 0 in the first round (max_score -inf)
+        /* new_max is -inf only for a group that has had no position yet (its
+         * sums are 0): shift by 0 then, so no exponent is -inf - -inf */
+        float new_max = fmaxf(max_score, round_max), shift = new_max == -INFINITY ? 0.0f : new_max;
+        float rescale = fast_exp2(max_score - shift);
         total *= rescale;
 #pragma unroll
-        for (int j = 0; j < kPairsPerLane; j++) {
-            acc[j].x *= rescale;
-            acc[j].y *= rescale;
-        }
+        for (int c = 0; c < kChunks; c++)
+#pragma unroll
+            for (int e = 0; e < kChunkPairs; e++) {
+                acc[c][e].x *= rescale;
+                acc[c][e].y *= rescale;
+            }
 #pragma unroll
         for (int u = 0; u < kUnroll; u++) {
-            float p = t0 + u * kWarps <= pos ? __expf(score[u] - new_max) : 0.0f;
+            if (t0 + (u * kWarps + warp) * kGroups >= pos) continue;
+            float p = fast_exp2(score[u] - shift);  // 0 for a position past the row's
             total += p;
 #pragma unroll
-            for (int j = 0; j < kPairsPerLane; j++) {
-                float2 vf = __half22float2(v[u][j]);
-                acc[j].x += p * vf.x;
-                acc[j].y += p * vf.y;
-            }
+            for (int c = 0; c < kChunks; c++)
+#pragma unroll
+                for (int e = 0; e < kChunkPairs; e++) {
+                    float2 vf = __half22float2(v[u][c].v[e]);
+                    acc[c][e].x += p * vf.x;
+                    acc[c][e].y += p * vf.y;
+                }
         }
         max_score = new_max;
     }
+
+    /* the warp's lane groups combined into group 0 (butterfly: a fixed order) */
+    float best = max_score;
+#pragma unroll
+    for (int o = kLanes; o < 32; o <<= 1) best = fmaxf(best, __shfl_xor_sync(0xffffffffu, best, o));
+    float weight = max_score == -INFINITY ? 0.0f : fast_exp2(max_score - best);
+    total *= weight;
+#pragma unroll
+    for (int c = 0; c < kChunks; c++)
+#pragma unroll
+        for (int e = 0; e < kChunkPairs; e++) {
+            acc[c][e].x *= weight;
+            acc[c][e].y *= weight;
+        }
+#pragma unroll
+    for (int o = kLanes; o < 32; o <<= 1) {
+        total += __shfl_xor_sync(0xffffffffu, total, o);
+#pragma unroll
+        for (int c = 0; c < kChunks; c++)
+#pragma unroll
+            for (int e = 0; e < kChunkPairs; e++) {
+                acc[c][e].x += __shfl_xor_sync(0xffffffffu, acc[c][e].x, o);
+                acc[c][e].y += __shfl_xor_sync(0xffffffffu, acc[c][e].y, o);
+            }
+    }
     if (lane == 0) {
-        warp_max[warp] = max_score;  // -inf for a warp without positions (its total and sums are 0)
+        warp_max[warp] = best;  // -inf for a warp without positions (its total and sums are 0)
         warp_total[warp] = total;
     }
+    if (group == 0) {
 #pragma unroll
-    for (int j = 0; j < kPairsPerLane; j++) partial[warp][lane + 32 * j] = acc[j];
-    __syncthreads();
-    __half2* o = (__half2*)(out + (size_t)row * q_dim + (size_t)head * head_dim);
-    for (int i = threadIdx.x; i < pairs; i += blockDim.x) {
-        float overall_max = -INFINITY;
-        for (int w = 0; w < kWarps; w++) overall_max = fmaxf(overall_max, warp_max[w]);
-        float sum_total = 0.0f;
-        float2 sum = make_float2(0.0f, 0.0f);
-        for (int w = 0; w < kWarps; w++) {
-            float weight = __expf(warp_max[w] - overall_max);
-            sum_total += weight * warp_total[w];
-            sum.x += weight * partial[w][i].x;
-            sum.y += weight * partial[w][i].y;
-        }
-        float inv_total = 1.0f / sum_total;
-        o[i] = __floats2half2_rn(sum.x * inv_total, sum.y * inv_total);
+        for (int c = 0; c < kChunks; c++)
+#pragma unroll
+            for (int e = 0; e < kChunkPairs; e++) partial[warp][first_pair(c) + e] = acc[c][e];
     }
-    if (write_cache && head % group == 0 && warp == 0) {
+    __syncthreads();
+
+    /* the warps combined: lane w of each output warp weighs warp w */
+    if (threadIdx.x >= (pairs + 31) / 32 * 32) return;
+    float w_max = lane < kWarps ? warp_max[lane] : -INFINITY, overall_max = w_max;
 #pragma unroll
-        for (int j = 0; j < kPairsPerLane; j++) {
-            int i = lane + 32 * j;
-            if (i >= pairs) continue;
-            keys[(size_t)pos * stride + i] = own_key[j];
-            values[(size_t)pos * stride + i] = own_value[j];
+    for (int o = 16; o > 0; o >>= 1) overall_max = fmaxf(overall_max, __shfl_xor_sync(0xffffffffu, overall_max, o));
+    float w_weight = fast_exp2(w_max - overall_max);  // overall_max is finite (warp 0 has the own position)
+    float sum_total = warp_sum(lane < kWarps ? w_weight * warp_total[lane] : 0.0f);
+    int i = threadIdx.x;
+    float2 sum = make_float2(0.0f, 0.0f);
+#pragma unroll 8
+    for (int w = 0; w < kWarps; w++) {
+        float wt = __shfl_sync(0xffffffffu, w_weight, w);
+        if (i < pairs) {
+            sum.x += wt * partial[w][i].x;
+            sum.y += wt * partial[w][i].y;
         }
+    }
+    float inv_total = 1.0f / sum_total;
+    if (i < pairs) {
+        __half2* o = (__half2*)(out + (size_t)row * q_dim + (size_t)head * head_dim);
+        o[i] = __floats2half2_rn(sum.x * inv_total, sum.y * inv_total);
     }
 }
 
@@ -579,20 +689,29 @@ int attention_size_index(int warps) {
     return -1;
 }
 
+/* attention_kernel's lane layouts, in launch_attention's table order:
+ * where head_dim % 8 == 0, 16-byte chunks (4 pairs) with 4, 8, 16 or 32
+ * lanes per position (head_dim up to 32, 64, 128, 256); otherwise 4-byte
+ * chunks, 32 lanes per position, 1-4 chunks per lane. */
+constexpr int kAttentionLayouts = 8;
+int attention_layout(int head_dim) {
+    if (head_dim % 8 == 0) return head_dim <= 32 ? 0 : head_dim <= 64 ? 1 : head_dim <= 128 ? 2 : 3;
+    return 4 + (head_dim / 2 - 1) / 32;  // head_dim <= kMaxHeadDim (checked at set-up)
+}
+
 int launch_attention(const llama_gpu* gpu, int layer, int write_cache, int n_rows, char* error, size_t error_bytes) {
-    /* by the pairs of a head each lane holds, then the block size (kAttentionWarpCounts) */
-    using kernel_type = decltype(&attention_kernel<1, 8>);
-    static const kernel_type kernels[kMaxPairsPerLane][kAttentionSizes] = {
-        {attention_kernel<1, 8>, attention_kernel<1, 16>, attention_kernel<1, 32>},
-        {attention_kernel<2, 8>, attention_kernel<2, 16>, attention_kernel<2, 32>},
-        {attention_kernel<3, 8>, attention_kernel<3, 16>, attention_kernel<3, 32>},
-        {attention_kernel<4, 8>, attention_kernel<4, 16>, attention_kernel<4, 32>}};
+    /* by attention_layout, then the block size (kAttentionWarpCounts) */
+#define ATTENTION_SIZES(P, C, L) {attention_kernel<P, C, L, 8>, attention_kernel<P, C, L, 16>, attention_kernel<P, C, L, 32>}
+    using kernel_type = decltype(&attention_kernel<1, 1, 32, 8>);
+    static const kernel_type kernels[kAttentionLayouts][kAttentionSizes] = {
+        ATTENTION_SIZES(4, 1, 4), ATTENTION_SIZES(4, 1, 8), ATTENTION_SIZES(4, 1, 16), ATTENTION_SIZES(4, 1, 32),
+        ATTENTION_SIZES(1, 1, 32), ATTENTION_SIZES(1, 2, 32), ATTENTION_SIZES(1, 3, 32), ATTENTION_SIZES(1, 4, 32)};
+#undef ATTENTION_SIZES
     static_assert(kAttentionWarpCounts[0] == 8 && kAttentionWarpCounts[1] == 16 && kAttentionWarpCounts[2] == 32,
                   "the table's columns follow kAttentionWarpCounts");
     const llama_config& c = gpu->config;
-    int pairs_per_lane = (c.head_dim / 2 + 31) / 32;  // 1..kMaxPairsPerLane (head_dim checked at set-up)
     int warps = attention_warps(gpu, n_rows);
-    return launch(gpu, "attention_kernel", kernels[pairs_per_lane - 1][attention_size_index(warps)],
+    return launch(gpu, "attention_kernel", kernels[attention_layout(c.head_dim)][attention_size_index(warps)],
                   dim3(c.n_heads, n_rows), 32 * warps, 0, error, error_bytes, gpu->qkv, gpu->seq_ids, gpu->positions,
                   gpu->rope_table, gpu->key_cache, gpu->value_cache, gpu->attn, c.n_heads, c.n_kv_heads, c.head_dim,
                   c.rope_dim, gpu->max_seqs, gpu->max_ctx, layer, write_cache);
