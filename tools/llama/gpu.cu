@@ -136,12 +136,29 @@ struct llama_gpu {
  * after it has waited for its predecessor, so a kernel sees the writes of all
  * earlier ones; and the next grid can launch only once every block of this
  * one has started, so waiting blocks never hold back an earlier grid. No-ops
- * before sm_90 and in plain launches. */
-__device__ __forceinline__ void begin_dependent_kernel() {
+ * before sm_90 and in plain launches. attention_kernel calls the two halves
+ * itself, and between them reads only what the host copied in before the
+ * pass (row ids): the pass's first kernel starts after that copy (copies do
+ * not trigger early), and every later one only once all blocks of the one
+ * before have started, so every kernel of the pass starts after it. */
+__device__ __forceinline__ void allow_next_kernel() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wait_for_previous_kernel() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;\n" ::: "memory");
 #endif
+}
+__device__ __forceinline__ void begin_dependent_kernel() {
+    allow_next_kernel();
+    wait_for_previous_kernel();
+}
+
+/* Asks L2 for the 128-byte line holding p (a hint: it changes no data). */
+__device__ __forceinline__ void prefetch_l2(const void* p) {
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
 }
 
 __global__ void embed_kernel(const __half* embedding, const int* tokens, float* x, int dim) {
@@ -380,9 +397,15 @@ __global__ void cache_write_kernel(const __half* qkv /* rows x (q_dim + 2 kv_dim
  * the main loop); the row's own position seeds the running softmax of lane
  * group 0 of warp 0. A round loads the keys and values (which do not depend
  * on the scores) of kUnroll positions per lane group before using any:
- * kWarps * (32 / kLanes) * kUnroll positions per round (256 with 32 warps
- * and head_dim 64..128); a warp skips the unrolled steps that lie wholly
- * past the row's position. Each lane group keeps a running softmax (its
+ * kWarps * (32 / kLanes) * kUnroll positions per round (with 32 warps, 128
+ * at head_dim 128 and 256 at 64); a warp skips the unrolled steps that lie
+ * wholly past the row's position. Before it waits for the previous kernel
+ * (the qkv projection), the block asks L2 for the cached keys and values of
+ * its first round, which earlier calls or this call's cache_write_kernel wrote (a
+ * prefetch changes no data, so it is safe whatever it finds), and loads its
+ * row's position, sequence and RoPE angles, which the host copied in before
+ * the forward pass's first kernel (every kernel of the pass starts after
+ * that copy: see allow_next_kernel). Each lane group keeps a running softmax (its
  * maximum score, its sum of exponentials, its weighted sum of values,
  * rescaled when the maximum grows); the groups of a warp are combined by
  * shuffles and the warps at the end through shared memory, in a fixed
@@ -397,11 +420,12 @@ __global__ void __launch_bounds__(kAttentionMaxThreads)
     constexpr int kGroups = 32 / kLanes;                 // positions per warp and unrolled step
     constexpr int kGroupPairs = kLanes * kChunks * kChunkPairs;  // pairs one lane group covers
     constexpr int kUnroll = attention_unroll(kChunks * kChunkPairs);
+    constexpr int kRound = kWarps * kGroups * kUnroll;  // positions per round
     using chunk = packed_values<__half2, kChunkPairs>;
     static_assert(32 % kLanes == 0, "lane groups tile a warp");
     __shared__ float2 partial[kWarps][kGroupPairs];  // each warp's weighted sum of values
     __shared__ float warp_max[kWarps], warp_total[kWarps];
-    begin_dependent_kernel();
+    allow_next_kernel();
     int head = blockIdx.x, row = blockIdx.y;
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, group = lane / kLanes, sub = lane % kLanes;
     int q_dim = n_heads * head_dim, kv_dim = n_kv_heads * head_dim, pairs = head_dim / 2;
@@ -419,6 +443,25 @@ __global__ void __launch_bounds__(kAttentionMaxThreads)
     /* first pair of chunk c of this lane; pairs past head_dim stay zero in
      * q, so they add nothing to a score (chunks lie wholly inside or past) */
     auto first_pair = [&](int c) { return (sub + kLanes * c) * kChunkPairs; };
+    {
+        /* the cached key and value rows of the first round's positions into
+         * L2, one prefetch per 128 bytes (all positions < pos: slower where
+         * they outgrow L2, 7-12% at 8-16 rows and context 1024) */
+        const int lines = (head_dim * 2 + 127) / 128;
+        const int first_round = pos < kRound ? pos : kRound;
+        for (int i = threadIdx.x; i < 2 * lines * first_round; i += blockDim.x) {
+            int t = i / (2 * lines), line = i % (2 * lines);
+            const __half2* row_start = (line < lines ? keys : values) + (size_t)t * stride;
+            prefetch_l2((const char*)row_start + 128 * (line % lines));
+        }
+    }
+    float2 rotation[kChunks][kChunkPairs];  // (cos, sin) of each pair this lane holds (pairs past rope_dim: unused)
+#pragma unroll
+    for (int c = 0; c < kChunks; c++)
+#pragma unroll
+        for (int e = 0; e < kChunkPairs; e++)
+            rotation[c][e] = first_pair(c) + e < rope_dim / 2 ? angles[first_pair(c) + e] : make_float2(1.0f, 0.0f);
+    wait_for_previous_kernel();
 
     /* the query (rotated, and scaled so that scores come out in log2 units
      * for exp2) and the row's own key, rotated; the own value */
@@ -437,9 +480,8 @@ __global__ void __launch_bounds__(kAttentionMaxThreads)
         for (int e = 0; e < kChunkPairs; e++) {
             q[c][e] = __half22float2(qc.v[e]);
             if (p0 + e < rope_dim / 2) {
-                float2 cs = angles[p0 + e];
-                q[c][e] = rotate(q[c][e], cs);
-                kc.v[e] = rotate_key(kc.v[e], cs);
+                q[c][e] = rotate(q[c][e], rotation[c][e]);
+                kc.v[e] = rotate_key(kc.v[e], rotation[c][e]);
             }
             q[c][e].x *= score_scale;
             q[c][e].y *= score_scale;
@@ -455,7 +497,6 @@ __global__ void __launch_bounds__(kAttentionMaxThreads)
     own_dot = lane_group_sum<kLanes>(own_dot);
     float max_score = seeds ? own_dot : -INFINITY, total = seeds ? 1.0f : 0.0f;
 
-    constexpr int kRound = kWarps * kGroups * kUnroll;
     const int lane_first = warp * kGroups + group;      // this lane's position in a round's first step
     const size_t step_stride = (size_t)kWarps * kGroups * stride;  // between unrolled steps
     const __half2* key_row = keys + lane_first * stride;
