@@ -136,11 +136,13 @@ struct llama_gpu {
  * after it has waited for its predecessor, so a kernel sees the writes of all
  * earlier ones; and the next grid can launch only once every block of this
  * one has started, so waiting blocks never hold back an earlier grid. No-ops
- * before sm_90 and in plain launches. attention_kernel calls the two halves
- * itself, and between them reads only what the host copied in before the
- * pass (row ids): the pass's first kernel starts after that copy (copies do
- * not trigger early), and every later one only once all blocks of the one
- * before have started, so every kernel of the pass starts after it. */
+ * before sm_90 and in plain launches. attention_kernel and
+ * residual_rmsnorm_kernel call the two halves themselves, and between them
+ * read only what the host wrote before the pass (row ids, copied in before
+ * it; weights and tables, at set-up): the pass's first kernel starts after
+ * that copy (copies do not trigger early), and every later one only once
+ * all blocks of the one before have started, so every kernel of the pass
+ * starts after it. */
 __device__ __forceinline__ void allow_next_kernel() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
@@ -269,30 +271,39 @@ __device__ __forceinline__ packed_values<__half2, kPairs> load_pairs(const __hal
  * sub-layer's or the output's), so fusing them saves a launch and a pass
  * over x. A decode step runs this at batch 1 on one SM, so its time is
  * memory latency: each thread loads its (at most kNormValuesPerThread)
- * values of x, y and weight at once in W-wide accesses (W = 4 where dim
- * allows, else 2), keeps them in registers across the block sum and writes
- * x and out once: two dependent round trips to memory instead of one per
- * value. All stores follow all loads, so the aliasing of x's loads and
- * stores cannot serialize them. */
+ * values of the weight before waiting for the previous kernel, then those
+ * of x and y at once, in W-wide accesses (W = 4 where dim allows, else 2),
+ * keeps them in registers across the block sum and writes x and out once:
+ * two dependent round trips to memory instead of one per value. All stores
+ * follow all loads, so the aliasing of x's loads and stores cannot
+ * serialize them. */
 template <int W>
 __global__ void __launch_bounds__(kNormMaxThreads)
     residual_rmsnorm_kernel(float* x /* rows x dim */, const __half* y /* rows x dim or NULL */,
                             const float* weight /* dim */, __half* out /* rows x dim */, int dim, float eps) {
     constexpr int kChunks = kNormValuesPerThread / W;
     __shared__ float shared[32];
-    begin_dependent_kernel();
     int row = blockIdx.x, chunks = dim / W;
     float* xr = x + (size_t)row * dim;
     const __half* yr = y ? y + (size_t)row * dim : nullptr;
     float v[kChunks][W], w[kChunks][W];
+    /* the weight (written at set-up) before waiting for the previous kernel */
+    allow_next_kernel();
 #pragma unroll
     for (int c = 0; c < kChunks; c++) {
         int chunk = threadIdx.x + c * blockDim.x;
 #pragma unroll
-        for (int e = 0; e < W; e++) v[c][e] = w[c][e] = 0.0f;
+        for (int e = 0; e < W; e++) w[c][e] = 0.0f;
+        if (chunk < chunks) load_floats(weight + chunk * W, w[c]);
+    }
+    wait_for_previous_kernel();
+#pragma unroll
+    for (int c = 0; c < kChunks; c++) {
+        int chunk = threadIdx.x + c * blockDim.x;
+#pragma unroll
+        for (int e = 0; e < W; e++) v[c][e] = 0.0f;
         if (chunk >= chunks) continue;
         load_floats(xr + chunk * W, v[c]);
-        load_floats(weight + chunk * W, w[c]);
         if (yr) {
             float add[W];
             load_halves(yr + chunk * W, add);
