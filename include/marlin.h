@@ -208,6 +208,48 @@ MARLIN_API marlin_status marlin_matmul_swiglu(const void* A, const void* packed_
                                               int k, int group_size, void* workspace,
                                               size_t workspace_bytes, cudaStream_t stream);
 
+/*
+ * RMSNorm folded into the multiplies of a transformer block, for decode
+ * steps: no norm kernel between them. A block's residual stream x (fp32)
+ * reaches a multiply as A = fp16(x . w), w the norm's weight, with the sums
+ * of x^2 of each row over each 64 columns; the multiply scales each row of
+ * its product by 1/rms, which gives RMSNorm(x) . w . dequant(B) (up to
+ * rounding, and as long as x . w fits fp16). Up to MARLIN_RMS_MAX_ROWS rows
+ * (more: MARLIN_STATUS_UNSUPPORTED_SHAPE); everything not named here as
+ * marlin_matmul (the same workspace serves all).
+ *
+ * marlin_matmul_residual: x += A . dequant(B), then C = fp16(x . norm_weight)
+ * and the new x's sums of squares.
+ *   x            device, in/out: m x n fp32, row-major
+ *   norm_weight  device, n fp32 (the next norm's weight)
+ *   C            device, out: m x n fp16 (must not overlap the inputs)
+ *   sumsq_out    device, out: m x n/64 fp32, [r][g] = sum of x[r][c]^2 over
+ *                columns c = 64 g .. 64 g + 63
+ *
+ * marlin_matmul_rms_scaled: C = (A . dequant(B)) / sqrt(s_r / k + eps) for
+ * each row r, s_r the sum of row r of sumsq_in (m x k/64 fp32, as
+ * marlin_matmul_residual writes it for a k-column x); eps >= 0.
+ * marlin_matmul_rms_scaled_swiglu: the same, then the SwiGLU of
+ * marlin_matmul_swiglu (H m x n/2).
+ */
+#define MARLIN_RMS_MAX_ROWS 16
+MARLIN_API marlin_status marlin_matmul_residual(const void* A, const void* packed_b,
+                                                const void* packed_scales, float* x,
+                                                const float* norm_weight, void* C, float* sumsq_out,
+                                                int m, int n, int k, int group_size, void* workspace,
+                                                size_t workspace_bytes, cudaStream_t stream);
+MARLIN_API marlin_status marlin_matmul_rms_scaled(const void* A, const void* packed_b,
+                                                  const void* packed_scales, const float* sumsq_in,
+                                                  float eps, void* C, int m, int n, int k,
+                                                  int group_size, void* workspace,
+                                                  size_t workspace_bytes, cudaStream_t stream);
+MARLIN_API marlin_status marlin_matmul_rms_scaled_swiglu(const void* A, const void* packed_b,
+                                                         const void* packed_scales,
+                                                         const float* sumsq_in, float eps, void* H,
+                                                         int m, int n, int k, int group_size,
+                                                         void* workspace, size_t workspace_bytes,
+                                                         cudaStream_t stream);
+
 #ifdef __cplusplus
 }
 #endif

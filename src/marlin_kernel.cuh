@@ -93,6 +93,13 @@ struct KernelArgs {
     int group_shift;            /* scale row of k-index i: i >> group_shift (30 for one group) */
     int iters_per_block;        /* length of each block's run of iterations */
     int cluster_split;          /* > 1: cluster mode (see the kernel); else the striped partition */
+    /* The RMSNorm epilogues (up to 16 rows, one row chunk, striped; unused
+     * by the others): */
+    float* residual;            /* kResidualEpilogue: x, m x n fp32; x += A B */
+    const float* norm_weight;   /* kResidualEpilogue: n fp32; C = fp16(x . norm_weight) */
+    float* sumsq_out;           /* kResidualEpilogue: m x n/64, row r's sum of x^2 over columns 64 g .. 64 g + 63 */
+    const float* sumsq_in;      /* row-scaled: m x k/64 such sums; C's row r times 1/sqrt(its sum / k + rms_eps) */
+    float rms_eps;
 #ifdef MARLIN_TRACE
     int trace_launch; /* record slot of this launch, < MARLIN_TRACE_LAUNCHES, or -1: not traced */
 #endif
@@ -503,11 +510,41 @@ struct TileConfig {
     static_assert(STAGES >= 2, "the pipeline needs at least two stages");
 };
 
+/* What a launch stores (the kernel's EPILOGUE; a template parameter, so
+ * each kernel compiles only its own):
+ *   kPlainEpilogue            C = A B (marlin_matmul)
+ *   kSwigluEpilogue           C (m x n/2) = silu(gate) * up of each column
+ *                             pair of A B (marlin_matmul_swiglu, see silu_times)
+ *   kRowScaledEpilogue        C = (A B) / rms(row), rms from sumsq_in: with
+ *                             A = x . w, RMSNorm(x) w B (marlin_matmul_rms_scaled)
+ *   kRowScaledSwigluEpilogue  both (marlin_matmul_rms_scaled_swiglu)
+ *   kResidualEpilogue         x += A B, C = fp16(x . norm_weight) and the sums
+ *                             of x^2 per row and 64 columns in sumsq_out, which
+ *                             the next row-scaled multiply reads
+ *                             (marlin_matmul_residual)
+ * The last three (the RMSNorm of a transformer block folded into its
+ * multiplies, no norm kernels between them) exist for up to 16 rows. */
+enum Epilogue {
+    kPlainEpilogue,
+    kSwigluEpilogue,
+    kRowScaledEpilogue,
+    kRowScaledSwigluEpilogue,
+    kResidualEpilogue,
+    kEpilogueCount
+};
+
+/* Whether a tile shape has the RMSNorm epilogues: up to 16 rows with
+ * mma.sync (transposed accumulators), and a reduce buffer that can hold the
+ * tile (kResidualEpilogue stages a whole slice's tile there). */
+template <int M_BLOCKS, int N_TILES, int K_TILES, int STAGES, bool WARPGROUP_MMA>
+__host__ __device__ constexpr bool has_rms_epilogues() {
+    using Cfg = TileConfig<M_BLOCKS, N_TILES, K_TILES, STAGES, k_groups(M_BLOCKS, N_TILES, WARPGROUP_MMA)>;
+    return M_BLOCKS == 1 && !WARPGROUP_MMA && Cfg::kKGroups > 1 && Cfg::kBM * Cfg::kBN * 4 <= 16 * Cfg::kReduce;
+}
+
 /* BLOCKS_PER_SM: blocks meant to share one SM (caps registers to fit); two
  * blocks overlap one block's barrier and fragment-load latency with the
- * other's work. SWIGLU (marlin_matmul_swiglu): C is m x n/2 and the
- * epilogue stores silu(gate) * up of each column pair (see silu_times); a
- * template parameter, so the plain kernels compile exactly as without it.
+ * other's work. EPILOGUE: see Epilogue.
  *
  * The loop is written for few instructions per weight byte: at m <= 16 an
  * SM must consume ~11 bytes of weights per cycle, so every instruction
@@ -515,9 +552,14 @@ struct TileConfig {
  * offsets worked out once per run, and all fragments of a step read before
  * the first is used). */
 template <typename Format, int M_BLOCKS, int N_TILES, int K_TILES, int STAGES, int BLOCKS_PER_SM,
-          bool WARPGROUP_MMA = false, bool EIGHT_ROWS = false, bool SWIGLU = false>
+          bool WARPGROUP_MMA = false, bool EIGHT_ROWS = false, int EPILOGUE = kPlainEpilogue>
 __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(const __grid_constant__ KernelArgs args) {
     using Cfg = TileConfig<M_BLOCKS, N_TILES, K_TILES, STAGES, k_groups(M_BLOCKS, N_TILES, WARPGROUP_MMA)>;
+    constexpr bool SWIGLU = EPILOGUE == kSwigluEpilogue || EPILOGUE == kRowScaledSwigluEpilogue;
+    constexpr bool kRowScaled = EPILOGUE == kRowScaledEpilogue || EPILOGUE == kRowScaledSwigluEpilogue;
+    constexpr bool kResidual = EPILOGUE == kResidualEpilogue;
+    static_assert(!(kRowScaled || kResidual) || has_rms_epilogues<M_BLOCKS, N_TILES, K_TILES, STAGES, WARPGROUP_MMA>(),
+                  "RMSNorm epilogues: up to 16 rows (transposed mma.sync), a reduce buffer that holds the tile");
     static_assert(!WARPGROUP_MMA || ((N_TILES == 4 || N_TILES == 2) && (M_BLOCKS == 2 || M_BLOCKS == 4 ||
                                      M_BLOCKS == 8) && Cfg::kKTilesPerWarp % 2 == 0 && STAGES >= 3),
                   "warpgroup MMA: 2 or 4 n-tiles per block, N = 32, 64 or 128 rows, an even number of k-tiles per "
@@ -547,6 +589,7 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
     constexpr bool kCopyEngine = false;
 #endif
     extern __shared__ int4 smem_unaligned[];
+    __shared__ float row_inv_rms[kRowScaled ? 16 : 1]; /* row-scaled epilogues: 1 / rms of each row */
     __shared__ int is_last_arrival;              /* set by thread 0 in finish_slice */
     __shared__ uint64_t stage_full[STAGES];      /* copy engine: one mbarrier per stage */
     trace_stamp(args, kTraceStart);
@@ -950,6 +993,12 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
                     }
         };
         const int n0 = slice * Cfg::kBN;
+        /* row-scaled epilogues: the factor of a row of the tile (1 otherwise;
+         * rows >= m are never stored) */
+        auto row_scale = [&](int row) {
+            if constexpr (kRowScaled) return row < 16 ? row_inv_rms[row] : 1.0f;
+            else return 1.0f;
+        };
         /* This lane's pairs, rows < m, into a row-major fp32 tile of kBN
          * columns (a cluster block's stage memory or a workspace slot),
          * through store(pointer, float2 or float). */
@@ -971,10 +1020,38 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
          * the sum of vector e; nothing is stored past n. */
         const int cols = n - n0 < Cfg::kBN ? n - n0 : Cfg::kBN; /* a multiple of 64 */
         const int units = m * (Cfg::kBN / 4) / (SWIGLU ? 2 : 1);
+        /* kResidualEpilogue: the unit loops run over whole warps (16 lanes sum
+         * each 64 columns' squares by shuffles); units past `units` store nothing */
+        const int unit_loop_end = kResidual ? (units + 31) / 32 * 32 : units;
         auto store_c_unit = [&](int u, auto&& sum_of) {
-            if constexpr (!SWIGLU) {
-                const float4 sum = sum_of(u);
+            if constexpr (kResidual) {
+                /* x += sum; C = fp16(x . norm_weight); units u .. u + 15 (64
+                 * columns of a row, 16 consecutive lanes) sum their squares */
                 const int row = u / (Cfg::kBN / 4), col = (u % (Cfg::kBN / 4)) * 4;
+                const bool valid = u < units && col < cols;
+                float squares = 0.0f;
+                if (valid) {
+                    const float4 sum = sum_of(u);
+                    float4* x = reinterpret_cast<float4*>(args.residual + (size_t)(row0 + row) * n + n0 + col);
+                    float4 r = __ldcg(x); /* written by earlier kernels: through L2 */
+                    r.x += sum.x, r.y += sum.y, r.z += sum.z, r.w += sum.w;
+                    __stcg(x, r);
+                    const float4 w = __ldg(reinterpret_cast<const float4*>(args.norm_weight + n0 + col));
+                    half2* out = C + ((size_t)row * n + n0 + col) / 2;
+                    out[0] = __floats2half2_rn(r.x * w.x, r.y * w.y);
+                    out[1] = __floats2half2_rn(r.z * w.z, r.w * w.w);
+                    squares = r.x * r.x + r.y * r.y + r.z * r.z + r.w * r.w;
+                }
+#pragma unroll
+                for (int offset = 8; offset > 0; offset /= 2) squares += __shfl_xor_sync(0xffffffffu, squares, offset);
+                if (valid && u % 16 == 0) args.sumsq_out[(size_t)(row0 + row) * (n / 64) + (n0 + col) / 64] = squares;
+            } else if constexpr (!SWIGLU) {
+                float4 sum = sum_of(u);
+                const int row = u / (Cfg::kBN / 4), col = (u % (Cfg::kBN / 4)) * 4;
+                if constexpr (kRowScaled) {
+                    const float scale = row_inv_rms[row];
+                    sum.x *= scale, sum.y *= scale, sum.z *= scale, sum.w *= scale;
+                }
                 if (col < cols) {
                     half2* out = C + ((size_t)row * n + n0 + col) / 2;
                     out[0] = __floats2half2_rn(sum.x, sum.y);
@@ -985,12 +1062,28 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
                 const int row = u / (Cfg::kBN / 8), col = (q / 2) * 16 + (q % 2) * 4;
                 if (col >= cols) return;
                 const int e = row * (Cfg::kBN / 4) + col / 4;
-                const float4 gate = sum_of(e), up = sum_of(e + 2);
+                float4 gate = sum_of(e), up = sum_of(e + 2);
+                if constexpr (kRowScaled) {
+                    const float scale = row_inv_rms[row];
+                    gate.x *= scale, gate.y *= scale, gate.z *= scale, gate.w *= scale;
+                    up.x *= scale, up.y *= scale, up.z *= scale, up.w *= scale;
+                }
                 half2* out = C + ((size_t)row * c_width + swiglu_column(n0 + col)) / 2;
                 out[0] = __floats2half2_rn(silu_times(gate.x, up.x), silu_times(gate.y, up.y));
                 out[1] = __floats2half2_rn(silu_times(gate.z, up.z), silu_times(gate.w, up.w));
             }
         };
+        if (whole_slice && kResidual) {
+            /* the tile through the reduce buffer (free after the k-group sums),
+             * then in units like a summed tile */
+            float* tile = reinterpret_cast<float*>(smem_reduce);
+            if (writer) store_fp32_tile(tile, [](auto* out, auto value) { *out = value; });
+            __syncthreads();
+            for (int u = tid; u < unit_loop_end; u += kThreads)
+                store_c_unit(u, [&](int e) { return reinterpret_cast<const float4*>(tile)[e]; });
+            __syncthreads(); /* the tile is read before the buffer's next use */
+            return;
+        }
         if (whole_slice) {
             if (writer) {
                 /* a lane's pair at `out`: along a row, or rows out and out + c_width */
@@ -1014,9 +1107,12 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
 #pragma unroll
                             for (int b = 0; b < kAccInner; b++) {
                                 if constexpr (kTransposed) {
-                                    if (lane_row + 8 * b < m)
-                                        visit(8 * b, 16 * i, silu_times(acc[i][b][0], acc[i][b][2]),
-                                              silu_times(acc[i][b][1], acc[i][b][3]), lane_row + 8 * b + 1 < m);
+                                    if (lane_row + 8 * b < m) {
+                                        /* rows r and r + 1 of the gate (0, 1) and up (2, 3) column */
+                                        const float s0 = row_scale(lane_row + 8 * b), s1 = row_scale(lane_row + 8 * b + 1);
+                                        visit(8 * b, 16 * i, silu_times(s0 * acc[i][b][0], s0 * acc[i][b][2]),
+                                              silu_times(s1 * acc[i][b][1], s1 * acc[i][b][3]), lane_row + 8 * b + 1 < m);
+                                    }
                                 } else if (b % 2 == 0 && 16 * i < m) {
 #pragma unroll
                                     for (int h = 0; h < 2; h++)
@@ -1035,7 +1131,9 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
                 } else {
                     half* lane_c = reinterpret_cast<half*>(C) + (size_t)lane_row * n + n0 + lane_col;
                     for_each_valid_pair([&](int row_offset, int col_offset, float x, float y, bool second) {
-                        store_pair(lane_c + (size_t)row_offset * n + col_offset, x, y, second);
+                        const int row = lane_row + row_offset;
+                        store_pair(lane_c + (size_t)row_offset * n + col_offset, row_scale(row) * x,
+                                   row_scale(kPairInRow ? row : row + 1) * y, second);
                     });
                 }
             }
@@ -1098,7 +1196,7 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
          * kSlotsInFlight loads in flight (the accumulators are dead here, so
          * the registers are free). The loads go to L2 (.cg), never to L1. */
         constexpr int kSlotsInFlight = 8;
-        for (int u = tid; u < units; u += kThreads)
+        for (int u = tid; u < unit_loop_end; u += kThreads)
             store_c_unit(u, [&](int e) {
                 float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
                 for (int block0 = first_block; block0 <= last_block; block0 += kSlotsInFlight) {
@@ -1139,6 +1237,20 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
     }
     wait_for_previous_grid();
     trace_stamp(args, kTraceWaited);
+    if constexpr (kRowScaled) {
+        /* 1 / rms of each row from its k/64 sums of squares, summed in a fixed
+         * order (each lane its stride, then the lanes); warp w takes rows w
+         * and w + 8. Written before the main loop's barriers, read after them
+         * in the epilogue; its round trip overlaps the first stage's. */
+        const int groups = k / 64;
+        for (int row = warp; row < m; row += kWarps) {
+            float sum = 0.0f;
+            for (int g = lane; g < groups; g += 32) sum += __ldcg(args.sumsq_in + (size_t)(row0 + row) * groups + g);
+#pragma unroll
+            for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+            if (lane == 0) row_inv_rms[row] = rsqrtf(sum / k + args.rms_eps);
+        }
+    }
 #pragma unroll
     for (int t = 0; t < kLookahead; t++) {
         if (t < run_length) {

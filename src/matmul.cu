@@ -6,6 +6,7 @@
  * (one per 64- or 128-row chunk of A, or several 16-row chunks side by side).
  */
 #include <cudaTypedefs.h> /* PFN_cuTensorMapEncodeTiled */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -49,9 +50,13 @@ constexpr long long kTinyLayer = 4ll << 20;
 
 using KernelFn = void (*)(const KernelArgs);
 
-/* What a launch stores in C: the product (marlin_matmul), or the SwiGLU of
- * its gate/up column pairs (marlin_matmul_swiglu, C m x n/2). */
-enum Epilogue { kPlainEpilogue, kSwigluEpilogue, kEpilogueCount };
+using marlin::Epilogue; /* what a launch stores: see marlin_kernel.cuh */
+using marlin::kPlainEpilogue;
+using marlin::kSwigluEpilogue;
+using marlin::kRowScaledEpilogue;
+using marlin::kRowScaledSwigluEpilogue;
+using marlin::kResidualEpilogue;
+using marlin::kEpilogueCount;
 
 /* One instantiated kernel and the facts the host needs about it. */
 struct KernelVariant {
@@ -63,19 +68,32 @@ struct KernelVariant {
     long long max_weights; /* ... and whose k * n is below this (0: any) */
     int smem_bytes;
     int slot_floats;
-    KernelFn kernels[kEpilogueCount]; /* the kernel of each Epilogue */
+    KernelFn kernels[kEpilogueCount]; /* the kernel of each Epilogue (NULL: the RMSNorm ones from 17 rows) */
 };
+
+/* The kernel of one variant and epilogue; NULL for an RMSNorm epilogue the
+ * tile shape lacks (see has_rms_epilogues). */
+template <int M_BLOCKS, int N_TILES, int K_TILES, int STAGES, int BLOCKS_PER_SM, bool WARPGROUP_MMA, bool EIGHT_ROWS,
+          int EPILOGUE>
+KernelFn kernel_of() {
+    if constexpr (EPILOGUE >= kRowScaledEpilogue &&
+                  !marlin::has_rms_epilogues<M_BLOCKS, N_TILES, K_TILES, STAGES, WARPGROUP_MMA>())
+        return nullptr;
+    else
+        return marlin::marlin_gemm_kernel<Int4Symmetric, M_BLOCKS, N_TILES, K_TILES, STAGES, BLOCKS_PER_SM,
+                                          WARPGROUP_MMA, EIGHT_ROWS, EPILOGUE>;
+}
 
 template <int M_BLOCKS, int N_TILES, int K_TILES, int STAGES, int BLOCKS_PER_SM = 1, bool WARPGROUP_MMA = false,
           bool EIGHT_ROWS = false>
 KernelVariant make_variant(int min_n = 0, int min_rows = 16 * (M_BLOCKS - 1) + 1, long long max_weights = 0) {
     using Cfg = TileConfig<M_BLOCKS, N_TILES, K_TILES, STAGES, marlin::k_groups(M_BLOCKS, N_TILES, WARPGROUP_MMA)>;
+#define MARLIN_KERNEL_OF(E) kernel_of<M_BLOCKS, N_TILES, K_TILES, STAGES, BLOCKS_PER_SM, WARPGROUP_MMA, EIGHT_ROWS, E>()
     return {M_BLOCKS, N_TILES, K_TILES, STAGES, BLOCKS_PER_SM, WARPGROUP_MMA, min_rows, EIGHT_ROWS ? 8 : 16 * M_BLOCKS,
             min_n, max_weights, Cfg::kSmemBytes, Cfg::kSlotFloats,
-            {marlin::marlin_gemm_kernel<Int4Symmetric, M_BLOCKS, N_TILES, K_TILES, STAGES, BLOCKS_PER_SM,
-                                        WARPGROUP_MMA, EIGHT_ROWS, false>,
-             marlin::marlin_gemm_kernel<Int4Symmetric, M_BLOCKS, N_TILES, K_TILES, STAGES, BLOCKS_PER_SM,
-                                        WARPGROUP_MMA, EIGHT_ROWS, true>}};
+            {MARLIN_KERNEL_OF(kPlainEpilogue), MARLIN_KERNEL_OF(kSwigluEpilogue), MARLIN_KERNEL_OF(kRowScaledEpilogue),
+             MARLIN_KERNEL_OF(kRowScaledSwigluEpilogue), MARLIN_KERNEL_OF(kResidualEpilogue)}};
+#undef MARLIN_KERNEL_OF
 }
 /* 1..8 rows (mma.sync with the weights as the M operand, 8-row accumulators). */
 template <int N_TILES, int K_TILES, int STAGES, int BLOCKS_PER_SM>
@@ -530,15 +548,44 @@ extern "C" marlin_status marlin_workspace_size(int m, int n, int k, int group_si
 
 namespace {
 
-/* marlin_matmul and marlin_matmul_swiglu, by their epilogue. */
+/* The RMSNorm epilogues' operands (see KernelArgs); zeros for the others. */
+struct RmsOperands {
+    float* residual;
+    const float* norm_weight;
+    float* sumsq_out;
+    const float* sumsq_in;
+    float eps;
+};
+
+/* The RMSNorm epilogues' own checks: their operands, and at most
+ * MARLIN_RMS_MAX_ROWS rows. */
+marlin_status check_rms_operands(const RmsOperands& rms, int m, Epilogue epilogue) {
+    if (epilogue == kResidualEpilogue) {
+        if (!rms.residual || !rms.norm_weight || !rms.sumsq_out) return MARLIN_STATUS_NULL_POINTER;
+        if (!aligned(rms.residual) || !aligned(rms.norm_weight) || !aligned(rms.sumsq_out))
+            return MARLIN_STATUS_MISALIGNED_POINTER;
+    } else {
+        if (!rms.sumsq_in) return MARLIN_STATUS_NULL_POINTER;
+        if (!aligned(rms.sumsq_in)) return MARLIN_STATUS_MISALIGNED_POINTER;
+        if (!(rms.eps >= 0.0f) || rms.eps == INFINITY) return MARLIN_STATUS_INVALID_VALUE;
+    }
+    return m <= MARLIN_RMS_MAX_ROWS ? MARLIN_STATUS_SUCCESS : MARLIN_STATUS_UNSUPPORTED_SHAPE;
+}
+
+/* Every marlin_matmul*, by its epilogue. */
 marlin_status run_matmul(const void* A, const void* packed_b, const void* packed_scales, void* C, int m, int n, int k,
                          int group_size, void* workspace, size_t workspace_bytes, cudaStream_t stream,
-                         Epilogue epilogue) {
+                         Epilogue epilogue, const RmsOperands& rms = RmsOperands{}) {
     if (!A || !packed_b || !packed_scales || !C || !workspace) return MARLIN_STATUS_NULL_POINTER;
     marlin_status status = check_shape(m, n, k, group_size);
     if (status != MARLIN_STATUS_SUCCESS) return status;
     if (!aligned(A) || !aligned(packed_b) || !aligned(packed_scales) || !aligned(C) || !aligned(workspace))
         return MARLIN_STATUS_MISALIGNED_POINTER;
+    const bool rms_epilogue = epilogue >= kRowScaledEpilogue;
+    if (rms_epilogue) {
+        status = check_rms_operands(rms, m, epilogue);
+        if (status != MARLIN_STATUS_SUCCESS) return status;
+    }
     DeviceInfo device;
     int device_index = 0;
     status = query_device(&device, &device_index);
@@ -560,7 +607,14 @@ marlin_status run_matmul(const void* A, const void* packed_b, const void* packed
         args.A = static_cast<const int4*>(A) + (size_t)row0 * k / 8;
         args.B = static_cast<const int4*>(packed_b);
         args.scales = static_cast<const int4*>(packed_scales);
-        args.C = static_cast<half2*>(C) + (size_t)row0 * (epilogue == kSwigluEpilogue ? n / 2 : n) / 2;
+        const bool swiglu = epilogue == kSwigluEpilogue || epilogue == kRowScaledSwigluEpilogue;
+        args.C = static_cast<half2*>(C) + (size_t)row0 * (swiglu ? n / 2 : n) / 2;
+        /* the RMSNorm epilogues: one launch (m <= 16), so row0 = 0 */
+        args.residual = rms.residual;
+        args.norm_weight = rms.norm_weight;
+        args.sumsq_out = rms.sumsq_out;
+        args.sumsq_in = rms.sumsq_in;
+        args.rms_eps = rms.eps;
         args.partials = partials;
         args.counters = counters;
         args.m = rows;
@@ -569,6 +623,10 @@ marlin_status run_matmul(const void* A, const void* packed_b, const void* packed
         args.group_shift = group_shift(k, group_size);
         args.iters_per_block = plan.iters_per_block;
         const KernelVariant& v = *plan.variant;
+        if (!v.kernels[epilogue]) return MARLIN_STATUS_UNSUPPORTED_SHAPE; /* an RMSNorm epilogue past 16 rows */
+        /* The RMSNorm epilogues sum squares over whole warps of a slice's
+         * units, which cluster mode splits between blocks: striped only. */
+        if (rms_epilogue) plan.cluster_split = 1;
         if (device.major >= 9) {
             status = encode_copy_descriptors(&args, v, group_size);
             if (status != MARLIN_STATUS_SUCCESS) return status;
@@ -619,4 +677,31 @@ extern "C" marlin_status marlin_matmul_swiglu(const void* A, const void* packed_
                                               size_t workspace_bytes, cudaStream_t stream) {
     return run_matmul(A, packed_b, packed_scales, H, m, n, k, group_size, workspace, workspace_bytes, stream,
                       kSwigluEpilogue);
+}
+
+extern "C" marlin_status marlin_matmul_residual(const void* A, const void* packed_b, const void* packed_scales,
+                                                float* x, const float* norm_weight, void* C, float* sumsq_out,
+                                                int m, int n, int k, int group_size, void* workspace,
+                                                size_t workspace_bytes, cudaStream_t stream) {
+    RmsOperands rms = {x, norm_weight, sumsq_out, nullptr, 0.0f};
+    return run_matmul(A, packed_b, packed_scales, C, m, n, k, group_size, workspace, workspace_bytes, stream,
+                      kResidualEpilogue, rms);
+}
+
+extern "C" marlin_status marlin_matmul_rms_scaled(const void* A, const void* packed_b, const void* packed_scales,
+                                                  const float* sumsq_in, float eps, void* C, int m, int n, int k,
+                                                  int group_size, void* workspace, size_t workspace_bytes,
+                                                  cudaStream_t stream) {
+    RmsOperands rms = {nullptr, nullptr, nullptr, sumsq_in, eps};
+    return run_matmul(A, packed_b, packed_scales, C, m, n, k, group_size, workspace, workspace_bytes, stream,
+                      kRowScaledEpilogue, rms);
+}
+
+extern "C" marlin_status marlin_matmul_rms_scaled_swiglu(const void* A, const void* packed_b,
+                                                         const void* packed_scales, const float* sumsq_in, float eps,
+                                                         void* H, int m, int n, int k, int group_size, void* workspace,
+                                                         size_t workspace_bytes, cudaStream_t stream) {
+    RmsOperands rms = {nullptr, nullptr, nullptr, sumsq_in, eps};
+    return run_matmul(A, packed_b, packed_scales, H, m, n, k, group_size, workspace, workspace_bytes, stream,
+                      kRowScaledSwigluEpilogue, rms);
 }

@@ -1,5 +1,6 @@
 /*
- * test_api.c: every bad input of marlin_matmul(_swiglu) / marlin_workspace_size gets
+ * test_api.c: every bad input of marlin_matmul(_swiglu), the RMSNorm epilogues'
+ * marlin_matmul_residual / _rms_scaled(_swiglu) and marlin_workspace_size gets
  * its own status, and a refused call writes nothing. Runs on any machine: the
  * checks before the device query need no GPU; with a GPU present, the
  * device-dependent ones (workspace too small) are exercised too.
@@ -19,6 +20,7 @@ int main(void) {
     enum { M = 4, K = 128, N = 128, POISON = 0x5A };
     static _Alignas(16) unsigned char A[M * K * 2 + 16], B[K * N / 2 + 16], S[K * N * 2 / 32 + 16],
         C[M * N * 2 + 16], W[1 << 16];
+    static _Alignas(16) float F[M * N + 16]; /* x, norm weight and sums of the RMSNorm epilogues */
     for (int i = 0; i < (int)sizeof A; i++) A[i] = (unsigned char)test_rand_int(256);
     memset(C, POISON, sizeof C);
     memset(W, POISON, sizeof W);
@@ -55,6 +57,20 @@ int main(void) {
         {"swiglu: group 16", marlin_matmul_swiglu(A, B, S, C, M, N, K, 16, W, ws, 0), MARLIN_STATUS_UNSUPPORTED_GROUP_SIZE},
         {"swiglu: misaligned H", marlin_matmul_swiglu(A, B, S, C + 1, M, N, K, 128, W, ws, 0), MARLIN_STATUS_MISALIGNED_POINTER},
         {"swiglu: workspace 0 bytes", marlin_matmul_swiglu(A, B, S, C, M, N, K, 128, W, 0, 0),
+         have_gpu ? MARLIN_STATUS_WORKSPACE_TOO_SMALL : MARLIN_STATUS_NO_DEVICE},
+        {"residual: NULL x", marlin_matmul_residual(A, B, S, NULL, F, C, F, M, N, K, 128, W, ws, 0), MARLIN_STATUS_NULL_POINTER},
+        {"residual: NULL norm weight", marlin_matmul_residual(A, B, S, F, NULL, C, F, M, N, K, 128, W, ws, 0), MARLIN_STATUS_NULL_POINTER},
+        {"residual: NULL sums", marlin_matmul_residual(A, B, S, F, F, C, NULL, M, N, K, 128, W, ws, 0), MARLIN_STATUS_NULL_POINTER},
+        {"residual: misaligned x", marlin_matmul_residual(A, B, S, F + 1, F, C, F, M, N, K, 128, W, ws, 0), MARLIN_STATUS_MISALIGNED_POINTER},
+        {"residual: 17 rows", marlin_matmul_residual(A, B, S, F, F, C, F, MARLIN_RMS_MAX_ROWS + 1, N, K, 128, W, ws, 0), MARLIN_STATUS_UNSUPPORTED_SHAPE},
+        {"residual: n = 96", marlin_matmul_residual(A, B, S, F, F, C, F, M, 96, K, 128, W, ws, 0), MARLIN_STATUS_UNSUPPORTED_SHAPE},
+        {"rms_scaled: NULL sums", marlin_matmul_rms_scaled(A, B, S, NULL, 1e-5f, C, M, N, K, 128, W, ws, 0), MARLIN_STATUS_NULL_POINTER},
+        {"rms_scaled: eps -1", marlin_matmul_rms_scaled(A, B, S, F, -1.0f, C, M, N, K, 128, W, ws, 0), MARLIN_STATUS_INVALID_VALUE},
+        {"rms_scaled: eps NaN", marlin_matmul_rms_scaled(A, B, S, F, NAN, C, M, N, K, 128, W, ws, 0), MARLIN_STATUS_INVALID_VALUE},
+        {"rms_scaled: 17 rows", marlin_matmul_rms_scaled(A, B, S, F, 1e-5f, C, MARLIN_RMS_MAX_ROWS + 1, N, K, 128, W, ws, 0), MARLIN_STATUS_UNSUPPORTED_SHAPE},
+        {"rms_scaled_swiglu: NULL H", marlin_matmul_rms_scaled_swiglu(A, B, S, F, 1e-5f, NULL, M, N, K, 128, W, ws, 0), MARLIN_STATUS_NULL_POINTER},
+        {"rms_scaled_swiglu: misaligned sums", marlin_matmul_rms_scaled_swiglu(A, B, S, F + 2, 1e-5f, C, M, N, K, 128, W, ws, 0), MARLIN_STATUS_MISALIGNED_POINTER},
+        {"rms_scaled_swiglu: workspace 0 bytes", marlin_matmul_rms_scaled_swiglu(A, B, S, F, 1e-5f, C, M, N, K, 128, W, 0, 0),
          have_gpu ? MARLIN_STATUS_WORKSPACE_TOO_SMALL : MARLIN_STATUS_NO_DEVICE},
         {"workspace size: NULL out", marlin_workspace_size(M, N, K, 128, NULL), MARLIN_STATUS_NULL_POINTER},
         {"workspace size: k = 65", marlin_workspace_size(M, N, 65, 128, &ws), MARLIN_STATUS_UNSUPPORTED_SHAPE},

@@ -5,13 +5,15 @@
  * For fp16 weights (cuBLAS) and int4 Marlin weights (marlin_matmul), the GPU
  * logits must match the CPU logits: relative error (max |gpu - cpu| / max
  * |cpu|) < 1e-2, and the same top-1 token on >= 99% of positions.
- *   1. tiny random models (2 layers; 4 heads of 32 sharing 2 KV heads, and
- *      2 heads of 128, llama2-7b's head size, sharing one), with the
- *      attention kernel's block size chosen by the row count and forced to
- *      each of 8, 16 and 32 warps: a 24-token prompt, then
+ *   1. tiny random models (2 layers; head sizes 20, 32, 64, 72, 128 and 256,
+ *      grouped and not, so every lane layout of the attention kernel runs),
+ *      with the attention kernel's block size chosen by the row count and
+ *      forced to each of 8, 16 and 32 warps: a 24-token prompt, then
  *      batched decoding of 3 sequences, and one 600-position sequence;
  *      prompts of 3 sequences followed by decode steps that read the cache
- *      the earlier calls wrote (graphs on and off);
+ *      the earlier calls wrote (graphs on and off); int4 decode calls (up to
+ *      8 rows) fold the RMSNorms into the multiplies, and run once more
+ *      with norm kernels instead;
  *   2. the real SmolLM2-135M (models/SmolLM2-135M-Instruct.gguf or
  *      MARLIN_LLAMA_MODEL) on the first 256 tokens of carroll-alice, original
  *      weights and int4 g128 RTN. The 94 MB model cannot always travel to a
@@ -33,8 +35,11 @@
 /* Warps per (head, row) of the GPU attention kernel in the comparisons
  * below (llama_gpu_set_attention_warps; 0: chosen by the row count). */
 static int attention_warps_under_test = 0;
+/* Whether int4 decode calls fold the RMSNorms into the multiplies
+ * (llama_gpu_set_fused_norms, on by default). */
+static int fused_norms_under_test = 1;
 
-/* llama_gpu_create with the attention size under test. */
+/* llama_gpu_create with the attention size and norm mode under test. */
 static llama_gpu* create_gpu(const llama_model* m, int max_rows, int max_seqs, int max_ctx, char* error,
                              size_t error_bytes) {
     llama_gpu* gpu = llama_gpu_create(m, max_rows, max_seqs, max_ctx, error, error_bytes);
@@ -43,6 +48,7 @@ static llama_gpu* create_gpu(const llama_model* m, int max_rows, int max_seqs, i
         llama_gpu_free(gpu);
         return NULL;
     }
+    if (gpu) llama_gpu_set_fused_norms(gpu, fused_norms_under_test);
     return gpu;
 }
 
@@ -225,6 +231,12 @@ static void tiny_model_cases(int n_heads, int n_kv_heads, int head_dim) {
             for (int graphs = 1; graphs >= 0; graphs--) {
                 snprintf(what, sizeof(what), "%s, graphs %s", name, graphs ? "on" : "off");
                 compare_decode(&m, graphs, what);
+            }
+            if (format == 1) { /* int4 decode steps with norm kernels instead of the folded norms */
+                fused_norms_under_test = 0;
+                snprintf(what, sizeof(what), "%s, norm kernels (not folded), graphs on", name);
+                compare_decode(&m, 1, what);
+                fused_norms_under_test = 1;
             }
         }
     }

@@ -59,6 +59,11 @@ constexpr int kAttentionWarpCounts[] = {8, 16, 32};
 constexpr int kAttentionSizes = sizeof(kAttentionWarpCounts) / sizeof(kAttentionWarpCounts[0]);
 constexpr int kMaxHeadDim = 256;
 constexpr int kSwigluThreads = 128;
+/* The RMSNorms are folded into the int4 multiplies up to this many rows (of
+ * MARLIN_RMS_MAX_ROWS): measured on the H100 with llama2-7b shapes, 2-3%
+ * faster at 1-8 rows, 0.7% slower at 16, where the 16-row kernels' RMSNorm
+ * epilogues spill (docs/llama.md). */
+constexpr int kFusedNormMaxRows = 8;
 
 /* attention_kernel: positions each lane group loads per round, by the
  * pairs of a head each lane holds: as many as fit in the 64 registers a
@@ -121,6 +126,12 @@ struct llama_gpu {
     cudaGraphExec_t graphs[2][65] = {};
     int linear_only = 0; /* see llama_gpu_set_linear_only */
     int attention_warps = 0; /* see llama_gpu_set_attention_warps; 0: by the row count */
+    /* RMSNorm folded into the int4 multiplies (see enqueue_forward): on
+     * unless llama_gpu_set_fused_norms turned it off; possible where every
+     * linear layer is int4 */
+    int fused_norms = 1;
+    int all_int4 = 0;
+    float* sumsq[2] = {};  /* max_rows x dim/64 each: the sums of squares for the attention / MLP norm */
 };
 
 /* ------------------------------------------------------------- kernels -- */
@@ -163,13 +174,6 @@ __device__ __forceinline__ void prefetch_l2(const void* p) {
     asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
 }
 
-__global__ void embed_kernel(const __half* embedding, const int* tokens, float* x, int dim) {
-    begin_dependent_kernel();
-    int row = blockIdx.x;
-    const __half* e = embedding + (size_t)tokens[row] * dim;
-    for (int i = threadIdx.x; i < dim; i += blockDim.x) x[(size_t)row * dim + i] = __half2float(e[i]);
-}
-
 __device__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
@@ -203,6 +207,31 @@ __device__ float block_sum(float v, float* shared /* 32 floats */) {
     float total = 0.0f;
     for (int w = 0; w < (int)(blockDim.x / 32); w++) total += shared[w];
     return total;
+}
+
+/* x = the tokens' embeddings, one block per row. With a weight (the
+ * first norm's, when the norms are folded into the multiplies, dim % 64 ==
+ * 0): also xw = fp16(x . weight) and the sums of x^2 over each 64 columns,
+ * what marlin_matmul_rms_scaled takes (a warp per 64 columns). */
+__global__ void embed_kernel(const __half* embedding, const int* tokens, float* x /* rows x dim */, int dim,
+                             const float* weight /* dim, or NULL */, __half* xw /* rows x dim */,
+                             float* sumsq /* rows x dim/64 */) {
+    begin_dependent_kernel();
+    int row = blockIdx.x;
+    const __half* e = embedding + (size_t)tokens[row] * dim;
+    if (!weight) {
+        for (int i = threadIdx.x; i < dim; i += blockDim.x) x[(size_t)row * dim + i] = __half2float(e[i]);
+        return;
+    }
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    for (int g = warp; g < dim / 64; g += blockDim.x / 32) {
+        int i = 64 * g + 2 * lane;
+        float2 v = __half22float2(*(const __half2*)(e + i));
+        *(float2*)(x + (size_t)row * dim + i) = v;
+        *(__half2*)(xw + (size_t)row * dim + i) = __floats2half2_rn(v.x * weight[i], v.y * weight[i + 1]);
+        float squares = warp_sum(v.x * v.x + v.y * v.y);
+        if (lane == 0) sumsq[(size_t)row * (dim / 64) + g] = squares;
+    }
 }
 
 /* W consecutive values moved with one access (W * 4 or W * 2 bytes, which
@@ -751,6 +780,9 @@ int attention_layout(int head_dim) {
     return 4 + (head_dim / 2 - 1) / 32;  // head_dim <= kMaxHeadDim (checked at set-up)
 }
 
+/* Attention of one layer; where rows read each other's positions
+ * (!write_cache: a prompt), cache_write_kernel stores their keys and values
+ * first. */
 int launch_attention(const llama_gpu* gpu, int layer, int write_cache, int n_rows, char* error, size_t error_bytes) {
     /* by attention_layout, then the block size (kAttentionWarpCounts) */
 #define ATTENTION_SIZES(P, C, L) {attention_kernel<P, C, L, 8>, attention_kernel<P, C, L, 16>, attention_kernel<P, C, L, 32>}
@@ -762,6 +794,11 @@ int launch_attention(const llama_gpu* gpu, int layer, int write_cache, int n_row
     static_assert(kAttentionWarpCounts[0] == 8 && kAttentionWarpCounts[1] == 16 && kAttentionWarpCounts[2] == 32,
                   "the table's columns follow kAttentionWarpCounts");
     const llama_config& c = gpu->config;
+    if (!write_cache && launch(gpu, "cache_write_kernel", cache_write_kernel, n_rows, kThreads, 0, error, error_bytes,
+                               gpu->qkv, gpu->seq_ids, gpu->positions, gpu->rope_table, gpu->key_cache,
+                               gpu->value_cache, c.n_heads, c.n_kv_heads, c.head_dim, c.rope_dim, gpu->max_seqs,
+                               gpu->max_ctx, layer))
+        return -1;
     int warps = attention_warps(gpu, n_rows);
     return launch(gpu, "attention_kernel", kernels[attention_layout(c.head_dim)][attention_size_index(warps)],
                   dim3(c.n_heads, n_rows), 32 * warps, 0, error, error_bytes, gpu->qkv, gpu->seq_ids, gpu->positions,
@@ -891,6 +928,31 @@ int run_linear(llama_gpu* gpu, const gpu_linear& l, const __half* X, __half* Y, 
     return 0;
 }
 
+/* The multiplies of the folded RMSNorms (see enqueue_forward), int4 only:
+ * Y = (X . dequant(W)) / rms per row (its sums of squares in sumsq), with
+ * the SwiGLU where swiglu; and x += X . dequant(W), xn = fp16(x .
+ * norm_weight), sumsq = its sums of squares. */
+int run_rms_linear(llama_gpu* gpu, const gpu_linear& l, const __half* X, __half* Y, int m, int swiglu,
+                   const float* sumsq, char* error, size_t error_bytes) {
+    marlin_status s = (swiglu ? marlin_matmul_rms_scaled_swiglu : marlin_matmul_rms_scaled)(
+        X, l.packed_b, l.packed_scales, sumsq, gpu->config.norm_eps, Y, m, l.n, l.k, l.group_size, gpu->workspace,
+        gpu->workspace_bytes, gpu->stream);
+    if (s == MARLIN_STATUS_SUCCESS) return 0;
+    set_error(error, error_bytes, "%s (m %d, n %d, k %d, group %d): %s",
+              swiglu ? "marlin_matmul_rms_scaled_swiglu" : "marlin_matmul_rms_scaled", m, l.n, l.k, l.group_size,
+              marlin_status_string(s));
+    return -1;
+}
+int run_residual_linear(llama_gpu* gpu, const gpu_linear& l, const __half* X, const float* norm_weight, float* sumsq,
+                        int m, char* error, size_t error_bytes) {
+    marlin_status s = marlin_matmul_residual(X, l.packed_b, l.packed_scales, gpu->x, norm_weight, gpu->xn, sumsq, m,
+                                             l.n, l.k, l.group_size, gpu->workspace, gpu->workspace_bytes, gpu->stream);
+    if (s == MARLIN_STATUS_SUCCESS) return 0;
+    set_error(error, error_bytes, "marlin_matmul_residual (m %d, n %d, k %d, group %d): %s", m, l.n, l.k,
+              l.group_size, marlin_status_string(s));
+    return -1;
+}
+
 /* Buffers, caches, workspace, handles: everything but the weights. */
 int allocate_runtime(llama_gpu* gpu, char* error, size_t error_bytes) {
     const llama_config& c = gpu->config;
@@ -906,6 +968,11 @@ int allocate_runtime(llama_gpu* gpu, char* error, size_t error_bytes) {
         return -1;
     }
     cublasSetStream(gpu->cublas, gpu->stream);
+    gpu->all_int4 = c.dim % 64 == 0;
+    for (int l = 0; l < c.n_layers; l++) {
+        const gpu_layer& L = gpu->layers[l];
+        if (!L.qkv.group_size || !L.out.group_size || !L.gate_up.group_size || !L.down.group_size) gpu->all_int4 = 0;
+    }
     const size_t cublas_workspace_bytes = 32u << 20;
     CUDA_TRY(cudaMalloc(&gpu->cublas_workspace, cublas_workspace_bytes));
     if (cublasSetWorkspace(gpu->cublas, gpu->cublas_workspace, cublas_workspace_bytes) != CUBLAS_STATUS_SUCCESS) {
@@ -916,6 +983,8 @@ int allocate_runtime(llama_gpu* gpu, char* error, size_t error_bytes) {
     if (device_alloc(&gpu->key_cache, cache, error, error_bytes) ||
         device_alloc(&gpu->value_cache, cache, error, error_bytes) ||
         device_alloc(&gpu->x, rows * c.dim, error, error_bytes) ||
+        device_alloc(&gpu->sumsq[0], rows * (c.dim / 64 + 1), error, error_bytes) ||
+        device_alloc(&gpu->sumsq[1], rows * (c.dim / 64 + 1), error, error_bytes) ||
         device_alloc(&gpu->xn, rows * c.dim, error, error_bytes) ||
         device_alloc(&gpu->qkv, rows * (q_dim + 2 * kv_dim), error, error_bytes) ||
         device_alloc(&gpu->attn, rows * q_dim, error, error_bytes) ||
@@ -1038,6 +1107,8 @@ extern "C" void llama_gpu_free(llama_gpu* gpu) {
     cudaFree(gpu->key_cache);
     cudaFree(gpu->value_cache);
     cudaFree(gpu->x);
+    cudaFree(gpu->sumsq[0]);
+    cudaFree(gpu->sumsq[1]);
     cudaFree(gpu->xn);
     cudaFree(gpu->qkv);
     cudaFree(gpu->attn);
@@ -1171,25 +1242,49 @@ extern "C" size_t llama_gpu_weight_bytes(const llama_gpu* gpu) { return gpu->wei
 static int enqueue_forward(llama_gpu* gpu, int n_rows, int distinct, char* error, size_t error_bytes) {
     const llama_config& c = gpu->config;
     const bool full = !gpu->linear_only;  // else the GEMMs alone (llama_gpu_set_linear_only)
+    /* Decode calls of up to kFusedNormMaxRows rows of an all-int4 model fold
+     * the RMSNorms into the multiplies (marlin_matmul_residual /
+     * _rms_scaled): the out and down projections add into x and write xn =
+     * fp16(x . next norm's weight) with the sums of squares, the qkv and
+     * gate/up projections scale their rows by 1/rms; no norm kernels inside
+     * the stack (the embedding makes the first xn, the output norm stays a
+     * kernel). */
+    const bool fused = gpu->fused_norms && gpu->all_int4 && c.n_layers > 0 && n_rows <= kFusedNormMaxRows;
+    float* const attn_sumsq = gpu->sumsq[0];
+    float* const ffn_sumsq = gpu->sumsq[1];
     if (full) {
         if (launch(gpu, "embed_kernel", embed_kernel, n_rows, kThreads, 0, error, error_bytes, gpu->embedding,
-                   gpu->tokens, gpu->x, c.dim))
+                   gpu->tokens, gpu->x, c.dim, fused ? (const float*)gpu->layers[0].attn_norm : nullptr, gpu->xn,
+                   attn_sumsq))
             return -1;
         const float* first_norm = c.n_layers > 0 ? gpu->layers[0].attn_norm : gpu->output_norm;
-        if (launch_norm(gpu, nullptr, first_norm, n_rows, error, error_bytes)) return -1;
+        if (!fused && launch_norm(gpu, nullptr, first_norm, n_rows, error, error_bytes)) return -1;
     }
     for (int l = 0; l < c.n_layers; l++) {
         const gpu_layer& L = gpu->layers[l];
+        const bool last = l + 1 == c.n_layers;
+        if (fused) {
+            /* xn holds fp16(x . attn_norm), attn_sumsq its sums of squares */
+            if (run_rms_linear(gpu, L.qkv, gpu->xn, gpu->qkv, n_rows, 0, attn_sumsq, error, error_bytes)) return -1;
+            if (full && launch_attention(gpu, l, distinct, n_rows, error, error_bytes)) return -1;
+            if (run_residual_linear(gpu, L.out, gpu->attn, L.ffn_norm, ffn_sumsq, n_rows, error, error_bytes))
+                return -1;
+            if (run_rms_linear(gpu, L.gate_up, gpu->xn, gpu->hidden, n_rows, 1, ffn_sumsq, error, error_bytes))
+                return -1;
+            if (!last) {
+                if (run_residual_linear(gpu, L.down, gpu->hidden, gpu->layers[l + 1].attn_norm, attn_sumsq, n_rows,
+                                        error, error_bytes))
+                    return -1;
+                continue;
+            }
+            /* the last: a plain multiply, then the output norm below */
+            if (run_linear(gpu, L.down, gpu->hidden, gpu->proj, n_rows, 0, error, error_bytes)) return -1;
+            if (full && launch_norm(gpu, gpu->proj, gpu->output_norm, n_rows, error, error_bytes)) return -1;
+            continue;
+        }
         /* xn holds attn_norm(x) here */
         if (run_linear(gpu, L.qkv, gpu->xn, gpu->qkv, n_rows, 0, error, error_bytes)) return -1;
-        if (full) {
-            if (!distinct &&
-                launch(gpu, "cache_write_kernel", cache_write_kernel, n_rows, kThreads, 0, error, error_bytes,
-                       gpu->qkv, gpu->seq_ids, gpu->positions, gpu->rope_table, gpu->key_cache, gpu->value_cache,
-                       c.n_heads, c.n_kv_heads, c.head_dim, c.rope_dim, gpu->max_seqs, gpu->max_ctx, l))
-                return -1;
-            if (launch_attention(gpu, l, distinct, n_rows, error, error_bytes)) return -1;
-        }
+        if (full && launch_attention(gpu, l, distinct, n_rows, error, error_bytes)) return -1;
         if (run_linear(gpu, L.out, gpu->attn, gpu->proj, n_rows, 0, error, error_bytes)) return -1;
         if (full && launch_norm(gpu, gpu->proj, L.ffn_norm, n_rows, error, error_bytes)) return -1;
         if (L.gate_up.group_size) { /* int4: the SwiGLU fused into the multiply */
@@ -1253,6 +1348,11 @@ extern "C" void llama_gpu_set_graphs(llama_gpu* gpu, int enabled) { gpu->use_gra
 extern "C" void llama_gpu_set_linear_only(llama_gpu* gpu, int enabled) {
     if (gpu->linear_only == (enabled != 0)) return;
     gpu->linear_only = enabled != 0;
+    destroy_graphs(gpu); /* captured for the other mode */
+}
+extern "C" void llama_gpu_set_fused_norms(llama_gpu* gpu, int enabled) {
+    if (gpu->fused_norms == (enabled != 0)) return;
+    gpu->fused_norms = enabled != 0;
     destroy_graphs(gpu); /* captured for the other mode */
 }
 extern "C" int llama_gpu_attention_warps_supported(int warps) {

@@ -52,6 +52,13 @@ int llama_gpu_graphs_enabled(const llama_gpu* gpu);
  * default. */
 void llama_gpu_set_linear_only(llama_gpu* gpu, int enabled);
 
+/* Whether decode-sized calls (up to 8 rows, see kFusedNormMaxRows) of a model
+ * whose linear layers are all int4 fold the RMSNorms into the multiplies
+ * (marlin_matmul_residual / marlin_matmul_rms_scaled: no norm kernels
+ * inside the stack); on by default. The same function either way, up to
+ * rounding; for measurements. Changing it drops the captured graphs. */
+void llama_gpu_set_fused_norms(llama_gpu* gpu, int enabled);
+
 /* Warps per (head, row) of the attention kernel: 8, 16 or 32, or 0 (the
  * default) to choose by the row count of each call (see attention_warps in
  * gpu.cu). Every size computes the same function; tests run each, and

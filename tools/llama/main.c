@@ -75,6 +75,7 @@ typedef struct options {
     int quiet;
     int breakdown;
     int attention_warps;
+    int fused_norms;
 } options;
 
 static int parse_int(const char* flag, const char* v, int lo, int hi) {
@@ -130,6 +131,7 @@ static void parse_options(int argc, char** argv, const char* allowed, options* o
         else if (!strcmp(flag, "--max-tokens")) o->max_tokens = parse_int(flag, v, 2, 1 << 30);
         else if (!strcmp(flag, "--group-size")) o->group_size = parse_int(flag, v, -1, 1 << 20);
         else if (!strcmp(flag, "--attention-warps")) o->attention_warps = parse_int(flag, v, 0, 32);
+        else if (!strcmp(flag, "--fused-norms")) o->fused_norms = parse_int(flag, v, 0, 1);
         else if (!strcmp(flag, "--calib-seqs")) o->calib_seqs = parse_int(flag, v, 1, 4096);
         else if (!strcmp(flag, "--calib-len")) o->calib_len = parse_int(flag, v, 2, 1 << 16);
         else if (!strcmp(flag, "--steps")) o->steps = parse_int(flag, v, 1, 1 << 20);
@@ -561,6 +563,7 @@ static void usage_bench(void) {
     printf("usage: marlin-llama bench [--config llama2-7b] [--batches 1,8,16,32] [--steps 64]\n"
            "                          [--context 128] [--group-size 128] [--graphs 1] [--breakdown]\n"
            "                          [--backend auto|cpu|gpu] [--threads N] [--attention-warps 0]\n"
+           "                          [--fused-norms 1]\n"
            "Decode speed on synthetic random weights with the shapes of a named config\n"
            "(smollm2-135m, llama2-7b, llama3-8b, llama2-13b): each batch size decodes --steps\n"
            "tokens per sequence after --context cached positions; tokens/s = batch x steps / time.\n"
@@ -571,7 +574,9 @@ static void usage_bench(void) {
            "every block and the output head, same shapes and order, no other kernel) and reports\n"
            "the time outside them (norms, attention, SwiGLU, embedding, launch gaps) per format.\n"
            "--attention-warps (GPU, for tuning): warps per head and row of the attention kernel,\n"
-           "8, 16 or 32; 0 (default) chooses by the batch size.\n");
+           "8, 16 or 32; 0 (default) chooses by the batch size.\n"
+           "--fused-norms (GPU int4): 1 (default) folds the RMSNorms into the multiplies up to 8\n"
+           "rows (marlin_matmul_residual / marlin_matmul_rms_scaled); 0 runs norm kernels instead.\n");
 }
 
 /* Seconds for `steps` decode steps of B sequences, one row each, at
@@ -602,7 +607,8 @@ static int cmd_bench(int argc, char** argv) {
     o.group_size = 128;
     o.graphs = 1;
     snprintf(o.batches, sizeof(o.batches), "1,8,16,32");
-    parse_options(argc, argv, " --config --batches --steps --context --group-size --graphs --breakdown --backend --threads --attention-warps ",
+    o.fused_norms = 1;
+    parse_options(argc, argv, " --config --batches --steps --context --group-size --graphs --breakdown --backend --threads --attention-warps --fused-norms ",
                   &o, usage_bench);
     if (!llama_gpu_attention_warps_supported(o.attention_warps))
         die("--attention-warps: expected 0, 8, 16 or 32, got %d", o.attention_warps);
@@ -643,6 +649,7 @@ static int cmd_bench(int argc, char** argv) {
             if (!gpu) die("GPU: %s", error);
             llama_gpu_set_graphs(gpu, o.graphs);
             if (llama_gpu_set_attention_warps(gpu, o.attention_warps) != 0) die("--attention-warps %d refused", o.attention_warps);
+            llama_gpu_set_fused_norms(gpu, o.fused_norms);
             for (int i = 0; i < n_batches; i++) {
                 int B = batches[i];
                 double elapsed = time_gpu_steps(gpu, config.vocab_size, B, o.steps, o.context, tokens, seq_ids,
