@@ -244,6 +244,65 @@ static void tiny_model_cases(int n_heads, int n_kv_heads, int head_dim) {
     llama_model_free(&m);
 }
 
+/* A residual stream whose product with the norm weights leaves fp16's
+ * range: embeddings 3e4 N(0, 1) clipped to +-6e4 (the GPU keeps the table
+ * in fp16), norm weights near 2, the output head kept apart and unscaled.
+ * The folded int4 step's fp16(x . w) overflows, so the GPU backend must
+ * notice the non-finite logits, redo the step with norm kernels and stop
+ * folding, and still match the CPU. */
+static void overflow_fallback_case(void) {
+    llama_model m;
+    test_llama_random_model(&m);
+    const llama_config c = m.config;
+    llama_model untied;
+    llama_config uc = c;
+    uc.tied_embeddings = 0;
+    if (llama_model_allocate(&untied, &uc) != 0) exit(2);
+    memcpy(untied.output, m.embedding, sizeof(float) * c.vocab_size * c.dim);
+    for (size_t i = 0; i < (size_t)c.vocab_size * c.dim; i++)
+        untied.embedding[i] = fminf(fmaxf(3e4f * m.embedding[i], -6e4f), 6e4f);
+    memcpy(untied.output_norm, m.output_norm, sizeof(float) * c.dim);
+    for (int l = 0; l < c.n_layers; l++) {
+        llama_layer *to = &untied.layers[l], *from = &m.layers[l];
+        for (int i = 0; i < c.dim; i++) {
+            to->attn_norm[i] = 2.0f * from->attn_norm[i];
+            to->ffn_norm[i] = 2.0f * from->ffn_norm[i];
+        }
+        llama_linear* dst[4] = {&to->qkv, &to->out, &to->gate_up, &to->down};
+        llama_linear* src[4] = {&from->qkv, &from->out, &from->gate_up, &from->down};
+        for (int j = 0; j < 4; j++) memcpy(dst[j]->weight, src[j]->weight, sizeof(float) * src[j]->n * src[j]->k);
+    }
+    quantize_rtn(&untied, 64);
+    char error[1024] = "";
+    llama_thread_pool* pool = llama_thread_pool_create(0);
+    llama_cpu_state cpu;
+    llama_gpu* gpu = create_gpu(&untied, 1, 1, 8, error, sizeof(error));
+    if (!gpu || llama_cpu_state_init(&cpu, &untied, pool, 1, 1, 8) != 0) {
+        test_check(0, "overflow fallback: backends set up (%s)", error);
+    } else {
+        int V = c.vocab_size, token = test_rand_int(V), seq = 0, pos = 0;
+        float* a = malloc(sizeof(float) * V);
+        float* b = malloc(sizeof(float) * V);
+        agreement g = {0};
+        int folding_before = llama_gpu_fused_norms_enabled(gpu);
+        int rc_cpu = llama_cpu_forward(&cpu, &token, &seq, &pos, 1, a);
+        int rc_gpu = llama_gpu_forward(gpu, &token, &seq, &pos, 1, b, error, sizeof(error));
+        compare_logits(a, b, 1, V, &g);
+        test_check(rc_cpu == 0 && rc_gpu == 0 && folding_before && !llama_gpu_fused_norms_enabled(gpu) &&
+                       g.diff <= 1e-2 * g.mag && g.same_top == 1,
+                   "residual stream ~3e4, norm weights ~2 (x . w past fp16): the folded step was redone with norm kernels (folding %d "
+                   "-> %d), GPU vs CPU logits relative error %.2e, same top-1 %d of 1 (%s)",
+                   folding_before, llama_gpu_fused_norms_enabled(gpu), g.mag > 0 ? g.diff / g.mag : 0.0, g.same_top,
+                   error);
+        free(a), free(b);
+        llama_cpu_state_free(&cpu);
+    }
+    llama_gpu_free(gpu);
+    llama_thread_pool_free(pool);
+    llama_model_free(&untied);
+    llama_model_free(&m);
+}
+
 static void real_model_cases(void) {
     const char* model_path = test_llama_model_path();
     const char* text_path = test_llama_text_path();
@@ -292,6 +351,7 @@ int main(void) {
     tiny_model_cases(8, 8, 72);    /* 16 lanes per position, 7 of them idle */
     tiny_model_cases(1, 1, 256);   /* 32 lanes per position */
     tiny_model_cases(16, 16, 20);  /* head_dim % 8 != 0: 4-byte loads, 32 lanes per position */
+    overflow_fallback_case();
     real_model_cases();
     /* sizes the attention kernel has no variant for are refused */
     llama_model m;

@@ -1235,6 +1235,12 @@ extern "C" llama_gpu* llama_gpu_create_synthetic(const llama_config* config, int
 
 extern "C" size_t llama_gpu_weight_bytes(const llama_gpu* gpu) { return gpu->weight_bytes; }
 
+/* Whether a call of n_rows rows folds the RMSNorms into the multiplies (see
+ * enqueue_forward). */
+static bool folds_norms(const llama_gpu* gpu, int n_rows) {
+    return gpu->fused_norms && gpu->all_int4 && gpu->config.n_layers > 0 && n_rows <= kFusedNormMaxRows;
+}
+
 /* Enqueues the whole forward pass on gpu->stream for n_rows rows whose
  * tokens, sequences and positions are already on the device; the logits
  * land in gpu->logits. distinct: every row has its own sequence (see
@@ -1249,7 +1255,7 @@ static int enqueue_forward(llama_gpu* gpu, int n_rows, int distinct, char* error
      * gate/up projections scale their rows by 1/rms; no norm kernels inside
      * the stack (the embedding makes the first xn, the output norm stays a
      * kernel). */
-    const bool fused = gpu->fused_norms && gpu->all_int4 && c.n_layers > 0 && n_rows <= kFusedNormMaxRows;
+    const bool fused = folds_norms(gpu, n_rows);
     float* const attn_sumsq = gpu->sumsq[0];
     float* const ffn_sumsq = gpu->sumsq[1];
     if (full) {
@@ -1350,6 +1356,7 @@ extern "C" void llama_gpu_set_linear_only(llama_gpu* gpu, int enabled) {
     gpu->linear_only = enabled != 0;
     destroy_graphs(gpu); /* captured for the other mode */
 }
+extern "C" int llama_gpu_fused_norms_enabled(const llama_gpu* gpu) { return gpu->fused_norms; }
 extern "C" void llama_gpu_set_fused_norms(llama_gpu* gpu, int enabled) {
     if (gpu->fused_norms == (enabled != 0)) return;
     gpu->fused_norms = enabled != 0;
@@ -1369,6 +1376,26 @@ extern "C" int llama_gpu_set_attention_warps(llama_gpu* gpu, int warps) {
 
 extern "C" int llama_gpu_graphs_enabled(const llama_gpu* gpu) { return gpu->use_graphs; }
 
+/* The forward pass of rows already on the device (a captured graph where
+ * there is one), the logits copied to `logits` (if not NULL), and the
+ * stream synchronized. */
+static int run_forward(llama_gpu* gpu, int n_rows, int distinct, float* logits, char* error, size_t error_bytes) {
+    cudaStream_t s = gpu->stream;
+    /* decode-sized calls replay a captured graph: one launch instead of ~8 per layer */
+    cudaGraphExec_t* graph = n_rows <= 64 ? &gpu->graphs[distinct][n_rows] : nullptr;
+    if (gpu->use_graphs && graph && !*graph) capture_graph(gpu, n_rows, distinct);
+    if (gpu->use_graphs && graph && *graph) {
+        CUDA_TRY(cudaGraphLaunch(*graph, s));
+    } else if (enqueue_forward(gpu, n_rows, distinct, error, error_bytes) != 0) {
+        return -1;
+    }
+    if (logits)
+        CUDA_TRY(cudaMemcpyAsync(logits, gpu->logits, (size_t)n_rows * gpu->config.vocab_size * sizeof(float),
+                                 cudaMemcpyDeviceToHost, s));
+    CUDA_TRY(cudaStreamSynchronize(s));
+    return 0;
+}
+
 extern "C" int llama_gpu_forward(llama_gpu* gpu, const int* tokens, const int* seq_ids, const int* positions,
                                  int n_rows, float* logits, char* error, size_t error_bytes) {
     const llama_config& c = gpu->config;
@@ -1383,26 +1410,30 @@ extern "C" int llama_gpu_forward(llama_gpu* gpu, const int* tokens, const int* s
                       seq_ids[r], positions[r]);
             return -1;
         }
-    cudaStream_t s = gpu->stream;
     /* one asynchronous copy from pinned memory instead of three staged ones;
      * the previous call synchronized, so the mirror is free to overwrite */
     int* ids = gpu->host_row_ids;
     memcpy(ids, tokens, n_rows * sizeof(int));
     memcpy(ids + gpu->max_rows, seq_ids, n_rows * sizeof(int));
     memcpy(ids + 2 * gpu->max_rows, positions, n_rows * sizeof(int));
-    CUDA_TRY(cudaMemcpyAsync(gpu->row_ids, ids, 3 * (size_t)gpu->max_rows * sizeof(int), cudaMemcpyHostToDevice, s));
+    CUDA_TRY(cudaMemcpyAsync(gpu->row_ids, ids, 3 * (size_t)gpu->max_rows * sizeof(int), cudaMemcpyHostToDevice,
+                             gpu->stream));
     int distinct = distinct_sequences(seq_ids, n_rows);
-    /* decode-sized calls replay a captured graph: one launch instead of ~8 per layer */
-    cudaGraphExec_t* graph = n_rows <= 64 ? &gpu->graphs[distinct][n_rows] : nullptr;
-    if (gpu->use_graphs && graph && !*graph) capture_graph(gpu, n_rows, distinct);
-    if (gpu->use_graphs && graph && *graph) {
-        CUDA_TRY(cudaGraphLaunch(*graph, s));
-    } else if (enqueue_forward(gpu, n_rows, distinct, error, error_bytes) != 0) {
-        return -1;
+    if (run_forward(gpu, n_rows, distinct, logits, error, error_bytes) != 0) return -1;
+    /* A step with the norms folded into the multiplies carries x . w in
+     * fp16 (see enqueue_forward), which overflows where a model's residual
+     * stream exceeds 65504 / |w|, and the logits come out non-finite: then
+     * the step runs again with norm kernels (the same rows, cache slots and
+     * buffers), which this instance keeps from then on. Checked where the
+     * logits come back. */
+    if (logits && folds_norms(gpu, n_rows)) {
+        const size_t count = (size_t)n_rows * c.vocab_size;
+        size_t i = 0;
+        while (i < count && isfinite(logits[i])) i++;
+        if (i < count) {
+            llama_gpu_set_fused_norms(gpu, 0);
+            return run_forward(gpu, n_rows, distinct, logits, error, error_bytes);
+        }
     }
-    if (logits)
-        CUDA_TRY(cudaMemcpyAsync(logits, gpu->logits, (size_t)n_rows * c.vocab_size * sizeof(float),
-                                 cudaMemcpyDeviceToHost, s));
-    CUDA_TRY(cudaStreamSynchronize(s));
     return 0;
 }

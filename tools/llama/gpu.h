@@ -56,8 +56,13 @@ void llama_gpu_set_linear_only(llama_gpu* gpu, int enabled);
  * whose linear layers are all int4 fold the RMSNorms into the multiplies
  * (marlin_matmul_residual / marlin_matmul_rms_scaled: no norm kernels
  * inside the stack); on by default. The same function either way, up to
- * rounding; for measurements. Changing it drops the captured graphs. */
+ * rounding, as long as the residual stream times the norm weights fits
+ * fp16: a folded step whose logits come back non-finite runs again with
+ * norm kernels, and the instance turns folding off for good
+ * (llama_gpu_fused_norms_enabled then says 0). For measurements. Changing
+ * it drops the captured graphs. */
 void llama_gpu_set_fused_norms(llama_gpu* gpu, int enabled);
+int llama_gpu_fused_norms_enabled(const llama_gpu* gpu);
 
 /* Warps per (head, row) of the attention kernel: 8, 16 or 32, or 0 (the
  * default) to choose by the row count of each call (see attention_warps in
