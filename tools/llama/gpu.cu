@@ -536,6 +536,17 @@ __global__ void __launch_bounds__(kAttentionMaxThreads)
     }
     own_dot = lane_group_sum<kLanes>(own_dot);
     float max_score = seeds ? own_dot : -INFINITY, total = seeds ? 1.0f : 0.0f;
+    /* the running softmax's sum of exponentials and weighted values times f */
+    auto scale_sums = [&](float f) {
+        total *= f;
+#pragma unroll
+        for (int c = 0; c < kChunks; c++)
+#pragma unroll
+            for (int e = 0; e < kChunkPairs; e++) {
+                acc[c][e].x *= f;
+                acc[c][e].y *= f;
+            }
+    };
 
     const int lane_first = warp * kGroups + group;      // this lane's position in a round's first step
     const size_t step_stride = (size_t)kWarps * kGroups * stride;  // between unrolled steps
@@ -574,15 +585,7 @@ __global__ void __launch_bounds__(kAttentionMaxThreads)
         /* new_max is -inf only for a group that has had no position yet (its
          * sums are 0): shift by 0 then, so no exponent is -inf - -inf */
         float new_max = fmaxf(max_score, round_max), shift = new_max == -INFINITY ? 0.0f : new_max;
-        float rescale = fast_exp2(max_score - shift);
-        total *= rescale;
-#pragma unroll
-        for (int c = 0; c < kChunks; c++)
-#pragma unroll
-            for (int e = 0; e < kChunkPairs; e++) {
-                acc[c][e].x *= rescale;
-                acc[c][e].y *= rescale;
-            }
+        scale_sums(fast_exp2(max_score - shift));
 #pragma unroll
         for (int u = 0; u < kUnroll; u++) {
             if (t0 + (u * kWarps + warp) * kGroups >= pos) continue;
@@ -604,15 +607,7 @@ __global__ void __launch_bounds__(kAttentionMaxThreads)
     float best = max_score;
 #pragma unroll
     for (int o = kLanes; o < 32; o <<= 1) best = fmaxf(best, __shfl_xor_sync(0xffffffffu, best, o));
-    float weight = max_score == -INFINITY ? 0.0f : fast_exp2(max_score - best);
-    total *= weight;
-#pragma unroll
-    for (int c = 0; c < kChunks; c++)
-#pragma unroll
-        for (int e = 0; e < kChunkPairs; e++) {
-            acc[c][e].x *= weight;
-            acc[c][e].y *= weight;
-        }
+    scale_sums(max_score == -INFINITY ? 0.0f : fast_exp2(max_score - best));
 #pragma unroll
     for (int o = kLanes; o < 32; o <<= 1) {
         total += __shfl_xor_sync(0xffffffffu, total, o);
