@@ -555,7 +555,7 @@ template <typename Format, int M_BLOCKS, int N_TILES, int K_TILES, int STAGES, i
           bool WARPGROUP_MMA = false, bool EIGHT_ROWS = false, int EPILOGUE = kPlainEpilogue>
 __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(const __grid_constant__ KernelArgs args) {
     using Cfg = TileConfig<M_BLOCKS, N_TILES, K_TILES, STAGES, k_groups(M_BLOCKS, N_TILES, WARPGROUP_MMA)>;
-    constexpr bool SWIGLU = EPILOGUE == kSwigluEpilogue || EPILOGUE == kRowScaledSwigluEpilogue;
+    constexpr bool kSwiglu = EPILOGUE == kSwigluEpilogue || EPILOGUE == kRowScaledSwigluEpilogue;
     constexpr bool kRowScaled = EPILOGUE == kRowScaledEpilogue || EPILOGUE == kRowScaledSwigluEpilogue;
     constexpr bool kResidual = EPILOGUE == kResidualEpilogue;
     static_assert(!(kRowScaled || kResidual) || has_rms_epilogues<M_BLOCKS, N_TILES, K_TILES, STAGES, WARPGROUP_MMA>(),
@@ -918,7 +918,7 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
     /* End of a slice: sum the warps of each n-tile, then write C or a slot. */
     auto finish_slice = [&](int slice, bool whole_slice) {
         /* worked out here, not kept in registers through the main loop */
-        const int c_width = SWIGLU ? n / 2 : n; /* columns of C */
+        const int c_width = kSwiglu ? n / 2 : n; /* columns of C */
         half2* C = args.C + (size_t)row0 * c_width / 2;
         float* partials = args.partials + (size_t)blockIdx.y * gridDim.x * 2 * Cfg::kSlotFloats;
         int* counters = args.counters + blockIdx.y * slices;
@@ -1019,7 +1019,7 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
          * vector of unit u and the up vector 8 columns on. sum_of(e) gives
          * the sum of vector e; nothing is stored past n. */
         const int cols = n - n0 < Cfg::kBN ? n - n0 : Cfg::kBN; /* a multiple of 64 */
-        const int units = m * (Cfg::kBN / 4) / (SWIGLU ? 2 : 1);
+        const int units = m * (Cfg::kBN / 4) / (kSwiglu ? 2 : 1);
         /* kResidualEpilogue: the unit loops run over whole warps (16 lanes sum
          * each 64 columns' squares by shuffles); units past `units` store nothing */
         const int unit_loop_end = kResidual ? (units + 31) / 32 * 32 : units;
@@ -1045,7 +1045,7 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
 #pragma unroll
                 for (int offset = 8; offset > 0; offset /= 2) squares += __shfl_xor_sync(0xffffffffu, squares, offset);
                 if (valid && u % 16 == 0) args.sumsq_out[(size_t)(row0 + row) * (n / 64) + (n0 + col) / 64] = squares;
-            } else if constexpr (!SWIGLU) {
+            } else if constexpr (!kSwiglu) {
                 float4 sum = sum_of(u);
                 const int row = u / (Cfg::kBN / 4), col = (u % (Cfg::kBN / 4)) * 4;
                 if constexpr (kRowScaled) {
@@ -1095,7 +1095,7 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
                         if (second) out[c_width] = __float2half_rn(y);
                     }
                 };
-                if constexpr (SWIGLU) {
+                if constexpr (kSwiglu) {
                     /* this lane's pairs as for_each_valid_pair, gate columns
                      * only, each value silu_times(gate, up) with the up sum 8
                      * columns on: transposed, h = 0 holds the gate and h = 1
@@ -1141,7 +1141,9 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
         }
 
         if (cluster_mode) {
-            /* Every block of the cluster holds part of the sums of one slice:
+            /* (Never with the RMSNorm epilogues: the host launches those
+             * striped, as their square sums span whole warps of units.)
+             * Every block of the cluster holds part of the sums of one slice:
              * each stores rows < m of its tile in its own (now idle) stage
              * memory, row-major fp32; then block r adds up the r-th share of
              * the tile from all blocks, in rank order, and writes C. */
