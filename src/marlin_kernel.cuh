@@ -532,6 +532,15 @@ enum Epilogue {
     kResidualEpilogue,
     kEpilogueCount
 };
+/* What each epilogue stores, for the kernel and the host alike: the SwiGLU
+ * (C m x n/2), rows scaled by 1/rms, and any of the RMSNorm three. */
+__host__ __device__ constexpr bool swiglu_epilogue(int e) {
+    return e == kSwigluEpilogue || e == kRowScaledSwigluEpilogue;
+}
+__host__ __device__ constexpr bool row_scaled_epilogue(int e) {
+    return e == kRowScaledEpilogue || e == kRowScaledSwigluEpilogue;
+}
+__host__ __device__ constexpr bool rms_epilogue(int e) { return e >= kRowScaledEpilogue; }
 
 /* Whether a tile shape has the RMSNorm epilogues: up to 16 rows with
  * mma.sync (transposed accumulators), and a reduce buffer that can hold the
@@ -555,10 +564,10 @@ template <typename Format, int M_BLOCKS, int N_TILES, int K_TILES, int STAGES, i
           bool WARPGROUP_MMA = false, bool EIGHT_ROWS = false, int EPILOGUE = kPlainEpilogue>
 __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(const __grid_constant__ KernelArgs args) {
     using Cfg = TileConfig<M_BLOCKS, N_TILES, K_TILES, STAGES, k_groups(M_BLOCKS, N_TILES, WARPGROUP_MMA)>;
-    constexpr bool kSwiglu = EPILOGUE == kSwigluEpilogue || EPILOGUE == kRowScaledSwigluEpilogue;
-    constexpr bool kRowScaled = EPILOGUE == kRowScaledEpilogue || EPILOGUE == kRowScaledSwigluEpilogue;
+    constexpr bool kSwiglu = swiglu_epilogue(EPILOGUE);
+    constexpr bool kRowScaled = row_scaled_epilogue(EPILOGUE);
     constexpr bool kResidual = EPILOGUE == kResidualEpilogue;
-    static_assert(!(kRowScaled || kResidual) || has_rms_epilogues<M_BLOCKS, N_TILES, K_TILES, STAGES, WARPGROUP_MMA>(),
+    static_assert(!rms_epilogue(EPILOGUE) || has_rms_epilogues<M_BLOCKS, N_TILES, K_TILES, STAGES, WARPGROUP_MMA>(),
                   "RMSNorm epilogues: up to 16 rows (transposed mma.sync), a reduce buffer that holds the tile");
     static_assert(!WARPGROUP_MMA || ((N_TILES == 4 || N_TILES == 2) && (M_BLOCKS == 2 || M_BLOCKS == 4 ||
                                      M_BLOCKS == 8) && Cfg::kKTilesPerWarp % 2 == 0 && STAGES >= 3),

@@ -76,7 +76,7 @@ struct KernelVariant {
 template <int M_BLOCKS, int N_TILES, int K_TILES, int STAGES, int BLOCKS_PER_SM, bool WARPGROUP_MMA, bool EIGHT_ROWS,
           int EPILOGUE>
 KernelFn kernel_of() {
-    if constexpr (EPILOGUE >= kRowScaledEpilogue &&
+    if constexpr (marlin::rms_epilogue(EPILOGUE) &&
                   !marlin::has_rms_epilogues<M_BLOCKS, N_TILES, K_TILES, STAGES, WARPGROUP_MMA>())
         return nullptr;
     else
@@ -581,8 +581,8 @@ marlin_status run_matmul(const void* A, const void* packed_b, const void* packed
     if (status != MARLIN_STATUS_SUCCESS) return status;
     if (!aligned(A) || !aligned(packed_b) || !aligned(packed_scales) || !aligned(C) || !aligned(workspace))
         return MARLIN_STATUS_MISALIGNED_POINTER;
-    const bool rms_epilogue = epilogue >= kRowScaledEpilogue;
-    if (rms_epilogue) {
+    const bool rms_kernel = marlin::rms_epilogue(epilogue);
+    if (rms_kernel) {
         status = check_rms_operands(rms, m, epilogue);
         if (status != MARLIN_STATUS_SUCCESS) return status;
     }
@@ -607,8 +607,7 @@ marlin_status run_matmul(const void* A, const void* packed_b, const void* packed
         args.A = static_cast<const int4*>(A) + (size_t)row0 * k / 8;
         args.B = static_cast<const int4*>(packed_b);
         args.scales = static_cast<const int4*>(packed_scales);
-        const bool swiglu = epilogue == kSwigluEpilogue || epilogue == kRowScaledSwigluEpilogue;
-        args.C = static_cast<half2*>(C) + (size_t)row0 * (swiglu ? n / 2 : n) / 2;
+        args.C = static_cast<half2*>(C) + (size_t)row0 * (marlin::swiglu_epilogue(epilogue) ? n / 2 : n) / 2;
         /* the RMSNorm epilogues: one launch (m <= 16), so row0 = 0 */
         args.residual = rms.residual;
         args.norm_weight = rms.norm_weight;
@@ -626,7 +625,7 @@ marlin_status run_matmul(const void* A, const void* packed_b, const void* packed
         if (!v.kernels[epilogue]) return MARLIN_STATUS_UNSUPPORTED_SHAPE; /* an RMSNorm epilogue past 16 rows */
         /* The RMSNorm epilogues sum squares over whole warps of a slice's
          * units, which cluster mode splits between blocks: striped only. */
-        if (rms_epilogue) plan.cluster_split = 1;
+        if (rms_kernel) plan.cluster_split = 1;
         if (device.major >= 9) {
             status = encode_copy_descriptors(&args, v, group_size);
             if (status != MARLIN_STATUS_SUCCESS) return status;
