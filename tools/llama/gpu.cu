@@ -978,8 +978,8 @@ int allocate_runtime(llama_gpu* gpu, char* error, size_t error_bytes) {
     if (device_alloc(&gpu->key_cache, cache, error, error_bytes) ||
         device_alloc(&gpu->value_cache, cache, error, error_bytes) ||
         device_alloc(&gpu->x, rows * c.dim, error, error_bytes) ||
-        device_alloc(&gpu->sumsq[0], rows * (c.dim / 64 + 1), error, error_bytes) ||
-        device_alloc(&gpu->sumsq[1], rows * (c.dim / 64 + 1), error, error_bytes) ||
+        device_alloc(&gpu->sumsq[0], rows * (c.dim / 64), error, error_bytes) ||
+        device_alloc(&gpu->sumsq[1], rows * (c.dim / 64), error, error_bytes) ||
         device_alloc(&gpu->xn, rows * c.dim, error, error_bytes) ||
         device_alloc(&gpu->qkv, rows * (q_dim + 2 * kv_dim), error, error_bytes) ||
         device_alloc(&gpu->attn, rows * q_dim, error, error_bytes) ||
@@ -1278,7 +1278,7 @@ static int enqueue_forward(llama_gpu* gpu, int n_rows, int distinct, char* error
                     return -1;
                 continue;
             }
-            /* the last: a plain multiply, then the output norm below */
+            /* the last: a plain multiply, then the output norm as a kernel */
             if (run_linear(gpu, L.down, gpu->hidden, gpu->proj, n_rows, 0, error, error_bytes)) return -1;
             if (full && launch_norm(gpu, gpu->proj, gpu->output_norm, n_rows, error, error_bytes)) return -1;
             continue;
