@@ -586,6 +586,13 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
      * the warpgroup layout (pairs along a column). */
     constexpr bool kSwappedMma = !WARPGROUP_MMA && M_BLOCKS == 1;
     constexpr bool kTransposed = WARPGROUP_MMA || kSwappedMma;
+    /* the last arriver's slot sum with several units' loads in flight (see
+     * finish_slice): warpgroup tiles of 17+ rows one block per SM, whose
+     * registers leave room for them without spills; the 64-128-row
+     * 256-column tiles spill and lose (bench/NOTES.md step 51) */
+    constexpr bool kBatchedSlotSum =
+        WARPGROUP_MMA && M_BLOCKS > 1 && BLOCKS_PER_SM == 1 && (M_BLOCKS == 2 || N_TILES == 2);
+    static_assert(!kBatchedSlotSum || !rms_epilogue(EPILOGUE), "the RMSNorm epilogues have one row block");
     /* EIGHT_ROWS: a variant for 1..8 rows only (transposed mma.sync): the
      * accumulators hold 8 rows, half the registers and half the epilogue. */
     static_assert(!EIGHT_ROWS || kSwappedMma, "8-row variants: mma.sync, one row block");
@@ -1032,6 +1039,16 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
         /* kResidualEpilogue: the unit loops run over whole warps (16 lanes sum
          * each 64 columns' squares by shuffles); units past `units` store nothing */
         const int unit_loop_end = kResidual ? (units + 31) / 32 * 32 : units;
+        /* The first tile vector that unit u reads: u itself, or with SwiGLU
+         * its gate vector (2 per 16-column group; the up vector is 2 on). */
+        auto first_vector_of = [&](int u) {
+            if constexpr (kSwiglu) {
+                const int q = u % (Cfg::kBN / 8);
+                return (u / (Cfg::kBN / 8)) * (Cfg::kBN / 4) + (q / 2) * 4 + q % 2;
+            } else {
+                return u;
+            }
+        };
         auto store_c_unit = [&](int u, auto&& sum_of) {
             if constexpr (kResidual) {
                 /* x += sum; C = fp16(x . norm_weight); units u .. u + 15 (64
@@ -1067,10 +1084,8 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
                     out[1] = __floats2half2_rn(sum.z, sum.w);
                 }
             } else {
-                const int q = u % (Cfg::kBN / 8); /* gate vectors: 2 per 16-column group */
-                const int row = u / (Cfg::kBN / 8), col = (q / 2) * 16 + (q % 2) * 4;
+                const int e = first_vector_of(u), row = e / (Cfg::kBN / 4), col = (e % (Cfg::kBN / 4)) * 4;
                 if (col >= cols) return;
-                const int e = row * (Cfg::kBN / 4) + col / 4;
                 float4 gate = sum_of(e), up = sum_of(e + 2);
                 if constexpr (kRowScaled) {
                     const float scale = row_inv_rms[row];
@@ -1207,21 +1222,65 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
          * kSlotsInFlight loads in flight (the accumulators are dead here, so
          * the registers are free). The loads go to L2 (.cg), never to L1. */
         constexpr int kSlotsInFlight = 8;
-        for (int u = tid; u < unit_loop_end; u += kThreads)
-            store_c_unit(u, [&](int e) {
-                float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-                for (int block0 = first_block; block0 <= last_block; block0 += kSlotsInFlight) {
-                    float4 v[kSlotsInFlight];
+        if constexpr (kBatchedSlotSum) {
+            /* One-block tiles of 17-128 rows: 8-16 units a thread and 2-4
+             * contributors a slice, so one unit's loads alone leave the
+             * sum latency-bound (7.5 us of a 64-row qkv call, bench/NOTES.md
+             * step 51): kUnitsInFlight units' loads of up to kSlotsPerRound
+             * slots are in flight together, each sum still in block order. */
+            constexpr int kUnitsInFlight = 4, kVectors = kSwiglu ? 2 : 1, kSlotsPerRound = kSwiglu ? 2 : 4;
+            for (int u0 = tid; u0 < units; u0 += kUnitsInFlight * kThreads) {
+                float4 sum[kUnitsInFlight][kVectors];
+                int e0[kUnitsInFlight];
 #pragma unroll
-                    for (int i = 0; i < kSlotsInFlight; i++)
-                        if (block0 + i <= last_block)
-                            v[i] = __ldcg(reinterpret_cast<const float4*>(slot_of(block0 + i)) + e);
+                for (int j = 0; j < kUnitsInFlight; j++) {
+                    e0[j] = first_vector_of(u0 + j * kThreads);
 #pragma unroll
-                    for (int i = 0; i < kSlotsInFlight; i++)
-                        if (block0 + i <= last_block) sum.x += v[i].x, sum.y += v[i].y, sum.z += v[i].z, sum.w += v[i].w;
+                    for (int h = 0; h < kVectors; h++) sum[j][h] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
                 }
-                return sum;
-            });
+                for (int block0 = first_block; block0 <= last_block; block0 += kSlotsPerRound) {
+                    float4 v[kSlotsPerRound][kUnitsInFlight][kVectors];
+#pragma unroll
+                    for (int i = 0; i < kSlotsPerRound; i++)
+#pragma unroll
+                        for (int j = 0; j < kUnitsInFlight; j++)
+#pragma unroll
+                            for (int h = 0; h < kVectors; h++)
+                                if (block0 + i <= last_block && u0 + j * kThreads < units)
+                                    v[i][j][h] = __ldcg(reinterpret_cast<const float4*>(slot_of(block0 + i)) + e0[j] + 2 * h);
+#pragma unroll
+                    for (int i = 0; i < kSlotsPerRound; i++)
+#pragma unroll
+                        for (int j = 0; j < kUnitsInFlight; j++)
+#pragma unroll
+                            for (int h = 0; h < kVectors; h++)
+                                if (block0 + i <= last_block && u0 + j * kThreads < units) {
+                                    float4& s = sum[j][h];
+                                    s.x += v[i][j][h].x, s.y += v[i][j][h].y, s.z += v[i][j][h].z, s.w += v[i][j][h].w;
+                                }
+                }
+#pragma unroll
+                for (int j = 0; j < kUnitsInFlight; j++)
+                    if (u0 + j * kThreads < units)
+                        store_c_unit(u0 + j * kThreads, [&](int e) { return e == e0[j] ? sum[j][0] : sum[j][kVectors - 1]; });
+            }
+        } else {
+            for (int u = tid; u < unit_loop_end; u += kThreads)
+                store_c_unit(u, [&](int e) {
+                    float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                    for (int block0 = first_block; block0 <= last_block; block0 += kSlotsInFlight) {
+                        float4 v[kSlotsInFlight];
+#pragma unroll
+                        for (int i = 0; i < kSlotsInFlight; i++)
+                            if (block0 + i <= last_block)
+                                v[i] = __ldcg(reinterpret_cast<const float4*>(slot_of(block0 + i)) + e);
+#pragma unroll
+                        for (int i = 0; i < kSlotsInFlight; i++)
+                            if (block0 + i <= last_block) sum.x += v[i].x, sum.y += v[i].y, sum.z += v[i].z, sum.w += v[i].w;
+                    }
+                    return sum;
+                });
+        }
     };
 
     /* Pipeline: kLookahead iterations in flight ahead of the one computed:
