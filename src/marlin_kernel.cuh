@@ -587,11 +587,11 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
     constexpr bool kSwappedMma = !WARPGROUP_MMA && M_BLOCKS == 1;
     constexpr bool kTransposed = WARPGROUP_MMA || kSwappedMma;
     /* the last arriver's slot sum with several units' loads in flight (see
-     * finish_slice): warpgroup tiles of 17+ rows one block per SM, whose
-     * registers leave room for them without spills; the 64-128-row
-     * 256-column tiles spill and lose (bench/NOTES.md step 51) */
-    constexpr bool kBatchedSlotSum =
-        WARPGROUP_MMA && M_BLOCKS > 1 && BLOCKS_PER_SM == 1 && (M_BLOCKS == 2 || N_TILES == 2);
+     * finish_slice): warpgroup tiles of 17+ rows one block per SM; the
+     * 64-128-row 256-column tiles (kWideBigTile) hold fewer loads, since 4
+     * units of 4 slots spill their registers (bench/NOTES.md steps 51-52) */
+    constexpr bool kBatchedSlotSum = WARPGROUP_MMA && M_BLOCKS > 1 && BLOCKS_PER_SM == 1;
+    constexpr bool kWideBigTile = M_BLOCKS > 2 && N_TILES > 2;
     static_assert(!kBatchedSlotSum || !rms_epilogue(EPILOGUE), "the RMSNorm epilogues have one row block");
     /* EIGHT_ROWS: a variant for 1..8 rows only (transposed mma.sync): the
      * accumulators hold 8 rows, half the registers and half the epilogue. */
@@ -1226,9 +1226,10 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
             /* One-block tiles of 17-128 rows: 8-16 units a thread and 2-4
              * contributors a slice, so one unit's loads alone leave the
              * sum latency-bound (7.5 us of a 64-row qkv call, bench/NOTES.md
-             * step 51): kUnitsInFlight units' loads of up to kSlotsPerRound
+             * step 50): kUnitsInFlight units' loads of up to kSlotsPerRound
              * slots are in flight together, each sum still in block order. */
-            constexpr int kUnitsInFlight = 4, kVectors = kSwiglu ? 2 : 1, kSlotsPerRound = kSwiglu ? 2 : 4;
+            constexpr int kUnitsInFlight = kWideBigTile ? 2 : 4, kVectors = kSwiglu ? 2 : 1,
+                          kSlotsPerRound = kWideBigTile ? (kSwiglu ? 1 : 2) : (kSwiglu ? 2 : 4);
             for (int u0 = tid; u0 < units; u0 += kUnitsInFlight * kThreads) {
                 float4 sum[kUnitsInFlight][kVectors];
                 int e0[kUnitsInFlight];
