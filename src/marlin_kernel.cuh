@@ -590,7 +590,7 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
      * finish_slice): warpgroup tiles of 17+ rows one block per SM; the
      * 64-128-row 256-column tiles (kWideBigTile) hold fewer loads, since 4
      * units of 4 slots spill their registers (bench/NOTES.md steps 51-52) */
-    constexpr bool kBatchedSlotSum = WARPGROUP_MMA && M_BLOCKS > 1 && BLOCKS_PER_SM == 1;
+    constexpr bool kBatchedSlotSum = WARPGROUP_MMA && BLOCKS_PER_SM == 1;
     constexpr bool kWideBigTile = M_BLOCKS > 2 && N_TILES > 2;
     static_assert(!kBatchedSlotSum || !rms_epilogue(EPILOGUE), "the RMSNorm epilogues have one row block");
     /* EIGHT_ROWS: a variant for 1..8 rows only (transposed mma.sync): the
@@ -1239,6 +1239,10 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
 #pragma unroll
                     for (int h = 0; h < kVectors; h++) sum[j][h] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
                 }
+                /* Two passes over the same (slot, unit, vector) loops: every load
+                 * is issued before the first add. One helper running both
+                 * passes cost the SwiGLU kernels 5-19 registers and up to 8 B
+                 * more stack (ptxas, sm_90a), so they stay spelled out. */
                 for (int block0 = first_block; block0 <= last_block; block0 += kSlotsPerRound) {
                     float4 v[kSlotsPerRound][kUnitsInFlight][kVectors];
 #pragma unroll
