@@ -413,22 +413,27 @@ marlin_status split_rows(int m, int n, int k, const DeviceInfo& device, RowSplit
                             : kMaxChunkRows / 2;
     split->chunks = 1;
     split->max_split = kMaxClusterSplit;
-    if (m > 16 && (long long)k * n < kTinyLayer) {
-        marlin_status status = plan_launch(16, n, k, device, &plan);
+    int tiny_rows = 16; /* rows per chunk of a tiny layer */
+#ifdef MARLIN_TUNING
+    /* Tuning builds only: MARLIN_TINY_ROWS=r cuts tiny layers into chunks of r rows (16, 32, 64). */
+    if (const char* forced = getenv("MARLIN_TINY_ROWS")) tiny_rows = atoi(forced);
+#endif
+    if (m > tiny_rows && (long long)k * n < kTinyLayer) {
+        marlin_status status = plan_launch(tiny_rows, n, k, device, &plan);
         if (status != MARLIN_STATUS_SUCCESS) return status;
         auto chunks_that_fit = [&](const LaunchPlan& p) {
             return device.sm_count * p.variant->blocks_per_sm / chunk_blocks(p);
         };
-        int chunks = (m + 15) / 16;
+        int chunks = (m + tiny_rows - 1) / tiny_rows;
         for (int cap = plan.cluster_split - 1; chunks_that_fit(plan) < chunks && cap >= 1; cap--) {
             LaunchPlan fewer;
-            if (plan_launch(16, n, k, device, &fewer, cap) != MARLIN_STATUS_SUCCESS) break;
+            if (plan_launch(tiny_rows, n, k, device, &fewer, cap) != MARLIN_STATUS_SUCCESS) break;
             if (chunks_that_fit(fewer) >= chunks) plan = fewer, split->max_split = cap;
         }
         const int fit = chunks_that_fit(plan);
         if (chunks > fit) chunks = fit;
         if (chunks > kCounterCount / plan.slices) chunks = kCounterCount / plan.slices;
-        if (chunks >= 2) split->chunk_rows = 16, split->chunks = chunks;
+        if (chunks >= 2) split->chunk_rows = tiny_rows, split->chunks = chunks;
     }
     return MARLIN_STATUS_SUCCESS;
 }
