@@ -415,8 +415,13 @@ marlin_status split_rows(int m, int n, int k, const DeviceInfo& device, RowSplit
     split->max_split = kMaxClusterSplit;
     int tiny_rows = 16; /* rows per chunk of a tiny layer */
 #ifdef MARLIN_TUNING
-    /* Tuning builds only: MARLIN_TINY_ROWS=r cuts tiny layers into chunks of r rows (16, 32, 64). */
-    if (const char* forced = getenv("MARLIN_TINY_ROWS")) tiny_rows = atoi(forced);
+    /* Tuning builds only: MARLIN_TINY_ROWS=r cuts tiny layers into chunks of r rows; only 16, 32
+     * and 64 are taken, the row counts of the variants plan_launch picks for them (the kernel
+     * places chunk blockIdx.y at its own row count), anything else is ignored. */
+    if (const char* forced = getenv("MARLIN_TINY_ROWS")) {
+        const int rows = atoi(forced);
+        if (rows == 16 || rows == 32 || rows == 64) tiny_rows = rows;
+    }
 #endif
     if (m > tiny_rows && (long long)k * n < kTinyLayer) {
         marlin_status status = plan_launch(tiny_rows, n, k, device, &plan);
