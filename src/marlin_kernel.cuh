@@ -587,10 +587,15 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
     constexpr bool kSwappedMma = !WARPGROUP_MMA && M_BLOCKS == 1;
     constexpr bool kTransposed = WARPGROUP_MMA || kSwappedMma;
     /* the last arriver's slot sum with several units' loads in flight (see
-     * finish_slice): warpgroup tiles of 17+ rows one block per SM; the
-     * 64-128-row 256-column tiles (kWideBigTile) hold fewer loads, since 4
-     * units of 4 slots spill their registers (bench/NOTES.md steps 51-52) */
-    constexpr bool kBatchedSlotSum = WARPGROUP_MMA && BLOCKS_PER_SM == 1;
+     * finish_slice): warpgroup tiles of 17+ rows one block per SM, and the
+     * 16-row mma.sync tiles but for the RMSNorm epilogues (whose units span
+     * whole warps); the 64-128-row 256-column tiles (kWideBigTile) hold
+     * fewer loads, since 4 units of 4 slots spill their registers
+     * (bench/NOTES.md steps 51-52). Not the 8-row variant: at m <= 4 its
+     * tile has at most one unit a thread, and the loads of one unit's 8
+     * slots at once beat 4 a round (step 54). */
+    constexpr bool kBatchedSlotSum =
+        (WARPGROUP_MMA && BLOCKS_PER_SM == 1) || (kSwappedMma && !EIGHT_ROWS && !rms_epilogue(EPILOGUE));
     constexpr bool kWideBigTile = M_BLOCKS > 2 && N_TILES > 2;
     static_assert(!kBatchedSlotSum || !rms_epilogue(EPILOGUE), "the RMSNorm epilogues have one row block");
     /* EIGHT_ROWS: a variant for 1..8 rows only (transposed mma.sync): the
@@ -1226,10 +1231,15 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
             /* One-block tiles of 17-128 rows: 8-16 units a thread and 2-4
              * contributors a slice, so one unit's loads alone leave the
              * sum latency-bound (7.5 us of a 64-row qkv call, bench/NOTES.md
-             * step 50): kUnitsInFlight units' loads of up to kSlotsPerRound
-             * slots are in flight together, each sum still in block order. */
-            constexpr int kUnitsInFlight = kWideBigTile ? 2 : 4, kVectors = kSwiglu ? 2 : 1,
-                          kSlotsPerRound = kWideBigTile ? (kSwiglu ? 1 : 2) : (kSwiglu ? 2 : 4);
+             * step 50); 16-row tiles at 9-16 rows: 2-4 units a thread and
+             * 3-8 contributors (step 54). kUnitsInFlight units' loads of up
+             * to kSlotsPerRound slots are in flight together (2 x 4 at 16
+             * rows: 2 x 8 spilled 100-700 B there), each sum still in block
+             * order. */
+            constexpr int kUnitsInFlight = kSwappedMma || kWideBigTile ? 2 : 4, kVectors = kSwiglu ? 2 : 1,
+                          kSlotsPerRound = kSwappedMma    ? (kSwiglu ? 2 : 4)
+                                           : kWideBigTile ? (kSwiglu ? 1 : 2)
+                                                          : (kSwiglu ? 2 : 4);
             for (int u0 = tid; u0 < units; u0 += kUnitsInFlight * kThreads) {
                 float4 sum[kUnitsInFlight][kVectors];
                 int e0[kUnitsInFlight];
