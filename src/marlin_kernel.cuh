@@ -597,7 +597,8 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
     constexpr bool kBatchedSlotSum =
         (WARPGROUP_MMA && BLOCKS_PER_SM == 1) || (kSwappedMma && !EIGHT_ROWS && !rms_epilogue(EPILOGUE));
     constexpr bool kWideBigTile = M_BLOCKS > 2 && N_TILES > 2;
-    static_assert(!kBatchedSlotSum || !rms_epilogue(EPILOGUE), "the RMSNorm epilogues have one row block");
+    static_assert(!kBatchedSlotSum || !rms_epilogue(EPILOGUE),
+                  "the RMSNorm epilogues sum unit by unit (their units span whole warps)");
     /* EIGHT_ROWS: a variant for 1..8 rows only (transposed mma.sync): the
      * accumulators hold 8 rows, half the registers and half the epilogue. */
     static_assert(!EIGHT_ROWS || kSwappedMma, "8-row variants: mma.sync, one row block");
@@ -1237,9 +1238,7 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
              * rows: 2 x 8 spilled 100-700 B there), each sum still in block
              * order. */
             constexpr int kUnitsInFlight = kSwappedMma || kWideBigTile ? 2 : 4, kVectors = kSwiglu ? 2 : 1,
-                          kSlotsPerRound = kSwappedMma    ? (kSwiglu ? 2 : 4)
-                                           : kWideBigTile ? (kSwiglu ? 1 : 2)
-                                                          : (kSwiglu ? 2 : 4);
+                          kSlotsPerRound = kWideBigTile ? (kSwiglu ? 1 : 2) : (kSwiglu ? 2 : 4);
             for (int u0 = tid; u0 < units; u0 += kUnitsInFlight * kThreads) {
                 float4 sum[kUnitsInFlight][kVectors];
                 int e0[kUnitsInFlight];
