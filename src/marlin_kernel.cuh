@@ -69,6 +69,17 @@
 #include "trace.h"
 #endif
 
+/* Warpgroup MMA: k-tiles whose instructions may still be in flight when the
+ * next k-tile's are issued, for tiles of one weight word per lane and k-tile
+ * (narrow: 128 columns) and of two (wide: 256). Build-time knobs for tuning
+ * (bench/NOTES.md step 55); 1 and 1 give 51e9333's machine code. */
+#ifndef MARLIN_WG_NARROW_PENDING
+#define MARLIN_WG_NARROW_PENDING 1
+#endif
+#ifndef MARLIN_WG_WIDE_PENDING
+#define MARLIN_WG_WIDE_PENDING 1
+#endif
+
 namespace marlin {
 
 constexpr int kThreads = 256;
@@ -798,9 +809,13 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
      * warp_k_group g (all k-tiles with 128 rows); warp w of it dequantizes
      * its words of a k-tile into the A fragments of kWarpWords instructions
      * (one per 16 columns s), and the warpgroup issues them against the
-     * k-tile's activations. The fragments are double-buffered so a k-tile's
-     * dequantization overlaps the previous k-tile's instructions. */
-    uint32_t frags[WARPGROUP_MMA ? 2 : 1][kWarpWords][4];
+     * k-tile's activations. The fragments rotate through kFragBuffers
+     * buffers, so a k-tile's dequantization overlaps the instructions of the
+     * kPendingKTiles k-tiles before it. */
+    constexpr int kPendingKTiles = kWarpWords == 1 ? MARLIN_WG_NARROW_PENDING : MARLIN_WG_WIDE_PENDING;
+    constexpr int kFragBuffers = !WARPGROUP_MMA ? 1 : kPendingKTiles < 2 ? 2 : kPendingKTiles < 4 ? 4 : 8;
+    static_assert(Cfg::kKTilesPerWarp % kFragBuffers == 0, "k-tile index mod buffers = buffer, in every step");
+    uint32_t frags[kFragBuffers][kWarpWords][4];
     auto compute_iteration_warpgroup = [&](int stage_index, int k_step, uint32_t accumulate_first) {
       if constexpr (WARPGROUP_MMA) {
         const int4* stage = smem + stage_index * Cfg::kStage;
@@ -817,8 +832,8 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
             load_lane_words(words, stage + lane_b_offset + j * N_TILES * 32, warp_word0);
             load_lane_words(scale_pairs, stage + lane_scale_offset + ((kt * 16) >> args.group_shift) * (Cfg::kBN / 8),
                             warp_word0);
-            warpgroup_wait<1>(); /* the instructions that read this buffer (two k-tiles ago) are done */
-            uint32_t(&f)[kWarpWords][4] = frags[j % 2]; /* kKTilesPerWarp is even: k-tile parity = buffer */
+            warpgroup_wait<kPendingKTiles>(); /* the instructions that read this buffer are done */
+            uint32_t(&f)[kWarpWords][4] = frags[j % kFragBuffers];
 #pragma unroll
             for (int s = 0; s < kWarpWords; s++) {
                 uint32_t q[4];
