@@ -814,6 +814,7 @@ __global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) marlin_gemm_kernel(co
      * kPendingKTiles k-tiles before it. */
     constexpr int kPendingKTiles = kWarpWords == 1 ? MARLIN_WG_NARROW_PENDING : MARLIN_WG_WIDE_PENDING;
     constexpr int kFragBuffers = !WARPGROUP_MMA ? 1 : kPendingKTiles < 2 ? 2 : kPendingKTiles < 4 ? 4 : 8;
+    static_assert(!WARPGROUP_MMA || kPendingKTiles < kFragBuffers, "a buffer for each pending k-tile and the next");
     static_assert(Cfg::kKTilesPerWarp % kFragBuffers == 0, "k-tile index mod buffers = buffer, in every step");
     uint32_t frags[kFragBuffers][kWarpWords][4];
     auto compute_iteration_warpgroup = [&](int stage_index, int k_step, uint32_t accumulate_first) {
