@@ -649,12 +649,21 @@ marlin_status run_matmul(const void* A, const void* packed_b, const void* packed
 #endif
         /* On sm_90, let this launch overlap the tail of the previous kernel on
          * the stream (programmatic dependent launch; the kernel waits for it
-         * before touching A, C or the workspace). Measured on the H100 it pays
-         * for up to 32 rows (llama2-70b, m = 1..16: 2.5x -> 2.8x over fp16) but
-         * costs 64-row launches ~15%, so those launch plainly. */
+         * before touching A, C or the workspace): its blocks fetch their first
+         * weight stages while the previous grid's last blocks still reduce.
+         * Measured on the H100 it pays for up to 32 rows (llama2-70b,
+         * m = 1..16: 2.5x -> 2.8x over fp16, bench/NOTES.md step 8) and for
+         * the 64- and 128-row warpgroup tiles (step 56: llama2-7b m = 64
+         * 117.8 -> 108.4 us, llama3-8b m = 128 151.5 -> 140.5), but cost the
+         * 64-row mma.sync tiles ~15% (step 8), so those launch plainly. */
         cudaLaunchAttribute attributes[2];
         int attribute_count = 0;
-        if (device.major >= 9 && v.m_blocks <= 2) {
+        bool overlap_previous = v.m_blocks <= 2 || v.warpgroup_mma;
+#ifdef MARLIN_TUNING
+        /* Tuning builds only: MARLIN_PDL_M_BLOCKS=b launches tiles of up to b 16-row blocks with PDL, no others. */
+        if (const char* forced = getenv("MARLIN_PDL_M_BLOCKS")) overlap_previous = v.m_blocks <= atoi(forced);
+#endif
+        if (device.major >= 9 && overlap_previous) {
             attributes[attribute_count].id = cudaLaunchAttributeProgrammaticStreamSerialization;
             attributes[attribute_count++].val.programmaticStreamSerializationAllowed = 1;
         }
