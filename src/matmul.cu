@@ -222,6 +222,18 @@ marlin_status raise_smem_limit(const KernelVariant& v, Epilogue epilogue, int de
     return MARLIN_STATUS_SUCCESS;
 }
 
+/* The most runs of `iters` consecutive iterations (the striped partition's
+ * blocks) that one slice of k_iters iterations meets: the partial tiles its
+ * last arriver sums. */
+int most_runs_per_slice(int slices, int k_iters, int iters) {
+    int most = 0;
+    for (long long s = 0; s < slices; s++) {
+        const int runs = (int)(((s + 1) * k_iters - 1) / iters - s * k_iters / iters + 1);
+        if (runs > most) most = runs;
+    }
+    return most;
+}
+
 /* Picks the variant and the striped grid for `rows` (1..128) rows of A,
  * slices cut at most max_split ways in cluster mode. */
 marlin_status plan_launch(int rows, int n, int k, const DeviceInfo& device, LaunchPlan* plan,
@@ -271,6 +283,29 @@ marlin_status plan_launch(int rows, int n, int k, const DeviceInfo& device, Laun
     if (const char* forced = getenv("MARLIN_MIN_ITERS")) min_iters = atoi(forced) > 0 ? atoi(forced) : 1;
 #endif
     if (iters_per_block < min_iters) iters_per_block = total < min_iters ? total : min_iters;
+    /* Even split, from 9 rows: where the block slots hold every slice at
+     * least once, cut each slice into block_slots / slices equal runs instead,
+     * if that leaves fewer partial tiles for some slice to sum and keeps at
+     * least 85% of the blocks (bench/NOTES.md step 57, H100: llama2-13b qkv
+     * at m = 64 36.2 -> 29.8 us, llama2-70b down at m = 128 127 -> 110;
+     * dropping more blocks lost: llama2-70b qkv at m = 128 48.9 -> 58.1 us on
+     * 80 of 132 SMs). Not measured up to 8 rows. */
+    int even_split = rows > 8;
+#ifdef MARLIN_TUNING
+    /* Tuning builds only: MARLIN_EVEN_SPLIT=0 never, 2 wherever the slots hold every slice. */
+    if (const char* forced = getenv("MARLIN_EVEN_SPLIT")) even_split = atoi(forced);
+#endif
+    if (even_split && slices <= block_slots) {
+        const int parts = block_slots / slices;
+        int even_iters = (k_iters + parts - 1) / parts;
+        if (even_iters < min_iters) even_iters = total < min_iters ? total : min_iters;
+        const int grid = (total + iters_per_block - 1) / iters_per_block;
+        const int even_grid = (total + even_iters - 1) / even_iters;
+        if (even_split == 2 || (most_runs_per_slice(slices, k_iters, even_iters) <
+                                    most_runs_per_slice(slices, k_iters, iters_per_block) &&
+                                100 * even_grid >= 85 * grid))
+            iters_per_block = even_iters;
+    }
     plan->variant = best;
     plan->iters_per_block = iters_per_block;
     plan->grid = (total + iters_per_block - 1) / iters_per_block;
