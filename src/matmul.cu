@@ -290,10 +290,12 @@ marlin_status plan_launch(int rows, int n, int k, const DeviceInfo& device, Laun
      * at m = 64 36.2 -> 29.8 us, llama2-70b down at m = 128 127 -> 110;
      * dropping more blocks lost: llama2-70b qkv at m = 128 48.9 -> 58.1 us on
      * 80 of 132 SMs). Not measured up to 8 rows. */
-    int even_split = rows > 8;
+    int even_split = rows > 8, min_blocks_pct = 85;
 #ifdef MARLIN_TUNING
-    /* Tuning builds only: MARLIN_EVEN_SPLIT=0 never, 2 wherever the slots hold every slice. */
+    /* Tuning builds only: MARLIN_EVEN_SPLIT=0 never, 2 wherever the slots hold every slice;
+     * MARLIN_EVEN_SPLIT_PCT=p: the share of the blocks it must keep. */
     if (const char* forced = getenv("MARLIN_EVEN_SPLIT")) even_split = atoi(forced);
+    if (const char* forced = getenv("MARLIN_EVEN_SPLIT_PCT")) min_blocks_pct = atoi(forced);
 #endif
     if (even_split && slices <= block_slots) {
         const int parts = block_slots / slices;
@@ -303,7 +305,7 @@ marlin_status plan_launch(int rows, int n, int k, const DeviceInfo& device, Laun
         const int even_grid = (total + even_iters - 1) / even_iters;
         if (even_split == 2 || (most_runs_per_slice(slices, k_iters, even_iters) <
                                     most_runs_per_slice(slices, k_iters, iters_per_block) &&
-                                100 * even_grid >= 85 * grid))
+                                100 * even_grid >= min_blocks_pct * grid))
             iters_per_block = even_iters;
     }
     plan->variant = best;
