@@ -12,6 +12,7 @@
 
 #include "marlin.h"
 #include "marlin_kernel.cuh"
+#include "plan_internal.h"
 
 namespace {
 
@@ -590,6 +591,33 @@ extern "C" marlin_status marlin_workspace_size(int m, int n, int k, int group_si
         if (call.workspace_bytes > most) most = call.workspace_bytes;
     }
     *workspace_bytes = most;
+    return MARLIN_STATUS_SUCCESS;
+}
+
+/* Tests only (plan_internal.h). */
+extern "C" marlin_status marlin_plan_for_device(int m, int n, int k, const marlin_device_facts* facts,
+                                                marlin_plan_summary* out) {
+    if (!facts || !out) return MARLIN_STATUS_NULL_POINTER;
+    marlin_status status = check_shape(m, n, k, 128);
+    if (status != MARLIN_STATUS_SUCCESS) return status;
+    const DeviceInfo device = {facts->sm_count, facts->smem_per_block_optin, facts->smem_per_sm, facts->major};
+    CallPlan call;
+    status = plan_call(m, n, k, device, &call);
+    if (status != MARLIN_STATUS_SUCCESS) return status;
+    auto summarize = [&](const LaunchPlan& plan, int rows, marlin_launch_summary* s) {
+        memset(s, 0, sizeof(*s));
+        if (rows == 0) return;
+        const KernelVariant& v = *plan.variant;
+        s->rows = rows < call.split.chunk_rows ? rows : call.split.chunk_rows;
+        s->grid = plan.grid, s->iters_per_block = plan.iters_per_block, s->slices = plan.slices;
+        s->block_n = 64 * v.n_tiles, s->block_k = 16 * v.k_tiles;
+        s->k_iters = (k + s->block_k - 1) / s->block_k;
+        s->cluster_split = plan.cluster_split, s->blocks_per_sm = v.blocks_per_sm;
+    };
+    out->chunk_rows = call.split.chunk_rows, out->chunks = call.split.chunks, out->launch_rows = call.launch_rows;
+    summarize(call.full, m < call.launch_rows ? m : call.launch_rows, &out->full);
+    summarize(call.rest, m % call.launch_rows, &out->rest);
+    out->workspace_bytes = call.workspace_bytes;
     return MARLIN_STATUS_SUCCESS;
 }
 
