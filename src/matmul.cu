@@ -149,12 +149,8 @@ const KernelVariant kVariants[] = {
     make_variant<4, 4, 4, 6>(), make_variant<4, 4, 4, 4>(), make_variant<4, 1, 8, 3>(),
 };
 
-struct DeviceInfo {
-    int sm_count;
-    int smem_per_block_optin; /* bytes a block may have after cudaFuncSetAttribute */
-    int smem_per_sm;          /* bytes all resident blocks of an SM share */
-    int major;                /* compute capability */
-};
+/* The device facts planning reads (plan_internal.h, which tests fill in by hand). */
+typedef marlin_device_facts DeviceInfo;
 
 struct LaunchPlan {
     const KernelVariant* variant;
@@ -225,14 +221,18 @@ marlin_status raise_smem_limit(const KernelVariant& v, Epilogue epilogue, int de
 
 /* The most runs of `iters` consecutive iterations (the striped partition's
  * blocks) that one slice of k_iters iterations meets: the partial tiles its
- * last arriver sums. */
+ * last arriver sums. A slice that starts r iterations into a run meets
+ * (r + k_iters - 1) / iters + 1 of them, and the starts advance by k_iters
+ * mod iters from slice to slice: no division per slice (it runs per call). */
 int most_runs_per_slice(int slices, int k_iters, int iters) {
-    int most = 0;
-    for (long long s = 0; s < slices; s++) {
-        const int runs = (int)(((s + 1) * k_iters - 1) / iters - s * k_iters / iters + 1);
-        if (runs > most) most = runs;
+    const int advance = k_iters % iters;
+    int start = 0, latest_start = 0;
+    for (int s = 0; s < slices; s++) {
+        if (start > latest_start) latest_start = start;
+        start += advance;
+        if (start >= iters) start -= iters;
     }
-    return most;
+    return (latest_start + k_iters - 1) / iters + 1;
 }
 
 /* Picks the variant and the striped grid for `rows` (1..128) rows of A,
@@ -283,7 +283,10 @@ marlin_status plan_launch(int rows, int n, int k, const DeviceInfo& device, Laun
 #ifdef MARLIN_TUNING
     if (const char* forced = getenv("MARLIN_MIN_ITERS")) min_iters = atoi(forced) > 0 ? atoi(forced) : 1;
 #endif
-    if (iters_per_block < min_iters) iters_per_block = total < min_iters ? total : min_iters;
+    /* runs shorter than min_iters grow to it (to the whole layer if shorter) */
+    auto at_least_min = [&](int iters) { return iters < min_iters ? (total < min_iters ? total : min_iters) : iters; };
+    auto blocks_for = [&](int iters) { return (total + iters - 1) / iters; };
+    iters_per_block = at_least_min(iters_per_block);
     /* Even split, from 9 rows: where the block slots hold every slice at
      * least once, cut each slice into block_slots / slices equal runs instead,
      * if that leaves fewer partial tiles for some slice to sum and keeps at
@@ -300,18 +303,15 @@ marlin_status plan_launch(int rows, int n, int k, const DeviceInfo& device, Laun
 #endif
     if (even_split && slices <= block_slots) {
         const int parts = block_slots / slices;
-        int even_iters = (k_iters + parts - 1) / parts;
-        if (even_iters < min_iters) even_iters = total < min_iters ? total : min_iters;
-        const int grid = (total + iters_per_block - 1) / iters_per_block;
-        const int even_grid = (total + even_iters - 1) / even_iters;
+        const int even_iters = at_least_min((k_iters + parts - 1) / parts);
         if (even_split == 2 || (most_runs_per_slice(slices, k_iters, even_iters) <
                                     most_runs_per_slice(slices, k_iters, iters_per_block) &&
-                                100 * even_grid >= min_blocks_pct * grid))
+                                100 * blocks_for(even_iters) >= min_blocks_pct * blocks_for(iters_per_block)))
             iters_per_block = even_iters;
     }
     plan->variant = best;
     plan->iters_per_block = iters_per_block;
-    plan->grid = (total + iters_per_block - 1) / iters_per_block;
+    plan->grid = blocks_for(iters_per_block);
     /* Cluster mode: each slice cut `split` ways inside a cluster, the partial
      * tiles summed through distributed shared memory. Measured on the H100
      * (bench/NOTES.md steps 20-21) it pays where the striped grid leaves most
@@ -600,9 +600,8 @@ extern "C" marlin_status marlin_plan_for_device(int m, int n, int k, const marli
     if (!facts || !out) return MARLIN_STATUS_NULL_POINTER;
     marlin_status status = check_shape(m, n, k, 128);
     if (status != MARLIN_STATUS_SUCCESS) return status;
-    const DeviceInfo device = {facts->sm_count, facts->smem_per_block_optin, facts->smem_per_sm, facts->major};
     CallPlan call;
-    status = plan_call(m, n, k, device, &call);
+    status = plan_call(m, n, k, *facts, &call);
     if (status != MARLIN_STATUS_SUCCESS) return status;
     auto summarize = [&](const LaunchPlan& plan, int rows, marlin_launch_summary* s) {
         memset(s, 0, sizeof(*s));

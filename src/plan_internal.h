@@ -1,6 +1,7 @@
 /*
  * plan_internal.h: the launch planning of marlin_matmul for a described
- * device, without one (tests/test_plan.c). Not part of the public API.
+ * device, without one (tests/test_plan.c), and the device facts it reads
+ * (src/matmul.cu queries them once per device). Not part of the public API.
  */
 #ifndef MARLIN_PLAN_INTERNAL_H
 #define MARLIN_PLAN_INTERNAL_H
@@ -15,8 +16,8 @@ extern "C" {
 
 typedef struct {
     int sm_count;
-    int smem_per_block_optin; /* bytes */
-    int smem_per_sm;          /* bytes */
+    int smem_per_block_optin; /* bytes a block may have after cudaFuncSetAttribute */
+    int smem_per_sm;          /* bytes all resident blocks of an SM share */
     int major;                /* compute capability */
 } marlin_device_facts;
 
