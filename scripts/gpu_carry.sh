@@ -12,7 +12,7 @@ targets="test_api test_gpu_matmul test_gptq_gpu test_llama_gpu marlin-bench marl
 cmake -S . -B build-wg -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a >/dev/null
 cmake --build build-wg -j "$(nproc)" --target $targets
 mkdir -p "$dir"
-for t in $targets; do cp "$(find build-wg -name "$t" -type f -perm -u+x | head -1)" "$dir/"; done
+for t in $targets; do cp "$(find build-wg/tests build-wg/tools -name "$t" -type f -perm -u+x | head -1)" "$dir/"; done
 if [ "${TUNING:-0}" = 1 ]; then
   cmake -S . -B build-tune -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a -DMARLIN_TUNING=ON >/dev/null
   cmake --build build-tune -j "$(nproc)" --target marlin-bench
